@@ -1,0 +1,1 @@
+"""Library code behind RescaleDataset.py and the training scripts."""

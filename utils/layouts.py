@@ -1,0 +1,140 @@
+"""Reading dataset trees as they were downloaded: which file belongs to which class.
+
+A layout turns a dataset root into `Split` records (relative file paths and class names) for the
+training and validation splits. Classes are always identified by name (WordNet id, Places365
+category folder name, or folder name), never by position.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val")
+
+
+def is_image_file(name: str) -> bool:
+    """Return whether a file name has one of the image extensions the loaders accept (any case)."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+@dataclass
+class Split:
+    """The images of one split: paths relative to the dataset root, with one class name each."""
+
+    root: Path
+    files: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def classes(self) -> list[str]:
+        """Return the sorted names of the classes that have at least one image in this split."""
+        return sorted(set(self.labels))
+
+    def restricted_to(self, classes: set[str]) -> "Split":
+        """Return the images of the given classes only, in the same order."""
+        kept = [(f, c) for f, c in zip(self.files, self.labels) if c in classes]
+        return Split(self.root, [f for f, _ in kept], [c for _, c in kept])
+
+
+class Layout:
+    """Base class: a dataset root in one known layout."""
+
+    name = "layout"
+    description = ""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def classes(self) -> list[str]:
+        """Return the sorted class names of the dataset."""
+        raise NotImplementedError
+
+    def split(self, which: str, classes: set[str] | None = None) -> Split:
+        """List the images of split ``which`` ('train' or 'val'), optionally of some classes only."""
+        raise NotImplementedError
+
+
+def list_class_folder(folder: Path, relative_to: Path) -> list[str]:
+    """List the image files under one class folder, recursively and sorted, as POSIX relative paths.
+
+    Symbolic links to files and folders are followed; a link that leads back into a folder already
+    being walked is skipped, so a link loop ends the walk instead of recursing forever.
+    """
+    found = []
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            log.warning("skipping %s: a symbolic link loop leads back to %s", dirpath, real)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            if is_image_file(name):
+                found.append(Path(dirpath, name).relative_to(relative_to).as_posix())
+    return found
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """Return the sorted names of the sub-folders of ``split_dir`` (hidden ones excluded)."""
+    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
+
+
+class ImageFolderLayout(Layout):
+    """`train/<class>/...` and `val/<class>/...`, as read by `torchvision.datasets.ImageFolder`."""
+
+    name = "imagefolder"
+    description = "train/<class>/<image> and val/<class>/<image>"
+
+    def classes(self) -> list[str]:
+        names = set()
+        for which in SPLITS:
+            if (self.root / which).is_dir():
+                names.update(class_folders(self.root / which))
+        return sorted(names)
+
+    def split(self, which: str, classes: set[str] | None = None) -> Split:
+        split_dir = self.root / which
+        if not split_dir.is_dir():
+            raise UserError(f"{split_dir} not found; a dataset in the ImageFolder layout needs {which}/<class>/ folders")
+        result = Split(self.root)
+        for name in class_folders(split_dir):
+            if classes is not None and name not in classes:
+                continue
+            files = list_class_folder(split_dir / name, self.root)
+            result.files.extend(files)
+            result.labels.extend([name] * len(files))
+        return result
+
+
+def check_dataset_root(root: Path, dataset: str) -> None:
+    """Raise a clear error when the dataset root is missing, not a folder or unreadable."""
+    if not root.exists():
+        raise UserError(f"{dataset} dataset not found at {root}; set the path with --data or in config_rescale.py")
+    if not root.is_dir():
+        raise UserError(f"{dataset} dataset root {root} is a file, not a folder; point --data at the folder holding train/ and val/")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise UserError(f"{dataset} dataset root {root} is not readable; check its permissions")
+
+
+def detect_layout(root: Path, dataset: str) -> Layout:
+    """Return the layout of the dataset under ``root``, or raise an error listing the accepted ones."""
+    check_dataset_root(root, dataset)
+    candidates = [ImageFolderLayout]
+    for layout_type in candidates:
+        if (root / "train").is_dir() or (root / "val").is_dir():
+            layout = layout_type(root)
+            log.info("%s layout detected at %s: %s", dataset, root, layout.description)
+            return layout
+    found = ", ".join(sorted(entry.name for entry in os.scandir(root))[:10]) or "nothing"
+    accepted = "; ".join(t.description for t in candidates)
+    raise UserError(f"{root} matches no {dataset} layout: found {found}; accepted layouts: {accepted}")
