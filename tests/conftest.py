@@ -1,15 +1,6 @@
-import logging
-
 import pytest
 
 from tests.helpers import SHARED
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging():
-    """Keep log records of one test from leaking handlers into the next."""
-    yield
-    logging.getLogger().handlers.clear()
 
 
 @pytest.fixture
