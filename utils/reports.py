@@ -1,0 +1,177 @@
+"""Writing Stage 2 and Stage 3 results: statistics tables, class lists and per-subset reports.
+
+Every table is written twice, as Markdown for people and as CSV for programs. Files are written
+atomically, so an interrupted run leaves either the previous file or the new one.
+"""
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.atomic import atomic_output, write_text_atomically
+from utils.class_names import readable_name
+from utils.outcomes import Outcomes
+from utils.statistics import Statistics
+from utils.subset_metrics import Baseline, ChallengeFigures
+
+log = logging.getLogger(__name__)
+
+LIST_INDEX_FILE = "List_file_rescale.txt"
+CSV_CHUNK_ROWS = 200_000
+
+
+@dataclass
+class SubsetResult:
+    """One selected or compared subset with its figures."""
+
+    name: str
+    classes: list[int]
+    figures: ChallengeFigures
+    baseline: Baseline
+    source: str = "selected"
+    overlap: float | None = None
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with atomic_output(path, "w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """Render a Markdown table; pipes inside cells are escaped."""
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows]) + "\n"
+
+
+def _confusion_text(stats: Statistics, c: int, limit: int = 3) -> str:
+    parts = [f"{stats.class_names[j]} ({readable_name(stats.class_names[j])}) {out}>/{inc}<" for j, out, inc in stats.top_confusions(c, limit)]
+    return "; ".join(parts)
+
+
+def _class_rows(stats: Statistics, classes) -> list[list[str]]:
+    top1, top5 = stats.top1_accuracy, stats.top5_accuracy
+    rows = []
+    for c in classes:
+        rows.append([
+            stats.class_names[c],
+            readable_name(stats.class_names[c]),
+            str(int(stats.images[c])),
+            percent(top1[c]),
+            percent(top5[c]) if top5 is not None else "",
+            str(int(stats.images[c] - stats.top1_correct[c])),
+            _confusion_text(stats, c),
+        ])
+    return rows
+
+
+CLASS_HEADER = ["class", "name", "images", "top1_%", "top5_%", "errors", "most confused with (images out>/in<)"]
+
+
+def write_statistics(stats: Statistics, outcomes: Outcomes, folder: Path) -> None:
+    """Write per-class accuracy, the sparse confusion counts and the sensitive images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    present = stats.present
+    order = present[np.lexsort((stats.name_rank[present], stats.top1_accuracy[present]))]
+    rows = _class_rows(stats, order.tolist())
+    _write_csv(folder / "per_class.csv", CLASS_HEADER, rows)
+    write_text_atomically(folder / "per_class.md", "# Per-class validation accuracy, hardest first\n\n" + markdown_table(CLASS_HEADER, rows))
+
+    names = np.asarray(stats.class_names, dtype=str)
+    _write_csv(
+        folder / "confusions.csv",
+        ["true_class", "predicted_class", "images"],
+        _chunked_rows(names[stats.confusion_true], names[stats.confusion_pred], stats.confusion_count),
+    )
+    _write_sensitive_images(outcomes, names, folder / "sensitive_images.csv")
+    log.info("wrote per-class statistics, confusions and sensitive images to %s", folder)
+
+
+def _chunked_rows(*columns):
+    """Yield CSV rows column-chunk by column-chunk, so millions of rows never sit in memory as lists."""
+    total = len(columns[0])
+    for start in range(0, total, CSV_CHUNK_ROWS):
+        yield from zip(*(np.asarray(c[start:start + CSV_CHUNK_ROWS]).tolist() for c in columns))
+
+
+def _write_sensitive_images(outcomes: Outcomes, names: np.ndarray, path: Path) -> None:
+    wrong = np.flatnonzero(outcomes.topk[:, 0] != outcomes.true)
+    columns = [
+        outcomes.paths[wrong] if outcomes.paths is not None else wrong,
+        names[outcomes.true[wrong]],
+        names[outcomes.topk[wrong, 0]],
+    ]
+    header = ["path" if outcomes.paths is not None else "index", "true_class", "predicted_class"]
+    if outcomes.probs is not None:
+        columns.append(np.round(outcomes.probs[wrong, 0], 4))
+        header.append("confidence")
+    _write_csv(path, header, _chunked_rows(*columns))
+
+
+def write_class_lists(results: dict[str, list[str]], folder: Path) -> list[Path]:
+    """Write `<name>.txt` (sorted class names, LF endings) per subset and the index file naming them."""
+    written = []
+    for name, classes in results.items():
+        path = folder / f"{name}.txt"
+        write_text_atomically(path, "".join(f"{c}\n" for c in sorted(classes)))
+        written.append(path)
+    write_text_atomically(folder / LIST_INDEX_FILE, "".join(f"{p.name}\n" for p in written))
+    log.info("wrote %s and %s to %s", ", ".join(p.name for p in written), LIST_INDEX_FILE, folder)
+    return written
+
+
+def _figure_cells(result: SubsetResult) -> list[str]:
+    f, m, s = result.figures, result.baseline.mean, result.baseline.std
+    return [
+        percent(f.mean_class_accuracy), f"{percent(m.mean_class_accuracy)} ± {percent(s.mean_class_accuracy)}",
+        percent(f.within_confusion), f"{percent(m.within_confusion)} ± {percent(s.within_confusion)}",
+        percent(f.restricted_top1), f"{percent(m.restricted_top1)} ± {percent(s.restricted_top1)}",
+    ]
+
+
+FIGURE_HEADER = [
+    "mean class acc %", "random mean ± std",
+    "within-subset confusion %", "random mean ± std",
+    "restricted top-1 %", "random mean ± std",
+]
+
+
+def write_subset_report(result: SubsetResult, stats: Statistics, folder: Path, context: str) -> None:
+    """Write `<name>.md` and `<name>.csv` with each class and the subset's challenge figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = sorted(result.classes, key=lambda c: (stats.top1_accuracy[c], stats.name_rank[c]))
+    rows = _class_rows(stats, order)
+    _write_csv(folder / f"{result.name}.csv", CLASS_HEADER, rows)
+    text = io.StringIO()
+    text.write(f"# {result.name}: {len(result.classes)} classes ({result.source})\n\n{context}\n\n")
+    text.write(f"Random baseline: {result.baseline.draws} seeded random subsets of {result.baseline.size} classes.\n\n")
+    text.write(markdown_table(FIGURE_HEADER, [_figure_cells(result)]))
+    text.write("\n## Classes, hardest first\n\n")
+    text.write(markdown_table(CLASS_HEADER, rows))
+    write_text_atomically(folder / f"{result.name}.md", text.getvalue())
+
+
+SUMMARY_HEADER = ["subset", "classes", "source", "jaccard_with_selected"] + FIGURE_HEADER
+
+
+def write_summary(results: list[SubsetResult], folder: Path, context: str) -> None:
+    """Write `summary.md` and `summary.csv`: the challenge figures of every subset side by side."""
+    rows = []
+    for result in results:
+        overlap = "" if result.overlap is None else f"{result.overlap:.2f}"
+        rows.append([result.name, str(len(result.classes)), result.source, overlap] + _figure_cells(result))
+    _write_csv(folder / "summary.csv", SUMMARY_HEADER, rows)
+    write_text_atomically(folder / "summary.md", f"# Rescaled subsets\n\n{context}\n\n" + markdown_table(SUMMARY_HEADER, rows))
+    for row in rows:
+        log.info("%s: %s classes, mean class accuracy %s%% (random %s), within-subset confusion %s%% (random %s)", row[0], row[1], row[4], row[5], row[6], row[7])

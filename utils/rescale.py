@@ -1,0 +1,254 @@
+"""RescaleDataset.py's three stages: validation outcomes, statistics, selection, then subset building."""
+
+import logging
+import os
+from pathlib import Path
+
+from utils.atomic import exclusive_lock
+from utils.cli import setup_logging
+from utils.config import load_config
+from utils.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_from_main,
+    init_distributed,
+    resolve_device,
+    shutdown_distributed,
+)
+from utils.errors import UserError
+from utils.layouts import Layout, detect_layout
+from utils.networks import load_network
+from utils.outcomes import OUTCOMES_FILE, Outcomes, fingerprint_split, import_outcomes, load_outcomes, now_iso, save_outcomes
+from utils.reports import SubsetResult, write_class_lists, write_statistics, write_subset_report, write_summary
+from utils.rescale_args import RescaleSettings, parse_settings
+from utils.selection import select_subsets
+from utils.statistics import Statistics, compute_statistics
+from utils.subset_metrics import SubsetScorer
+from utils.validation_pass import label_indices, run_validation_pass
+
+log = logging.getLogger(__name__)
+
+DEMO_COMMAND = "python RescaleDataset.py --dataset FashionMNIST"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run RescaleDataset.py with the given command-line arguments."""
+    config = load_config()
+    settings = parse_settings(config, argv)
+    setup_logging(settings.verbose)
+    device = resolve_device(settings.device, _local_context())
+    context = init_distributed(device)
+    try:
+        if context.is_main:
+            with exclusive_lock(settings.results, "RescaleDataset.py"):
+                rescale(settings, context, device)
+        else:
+            rescale(settings, context, device)
+        barrier()
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def _local_context() -> DistributedContext:
+    return DistributedContext(local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rescale(settings: RescaleSettings, context: DistributedContext, device) -> None:
+    """Run the stages that the settings ask for."""
+    if settings.lists:
+        if context.is_main:
+            build_from_list_files(settings)
+        return
+    if settings.dataset == "FashionMNIST" and settings.outcomes is None:
+        from utils.fashion_mnist import prepare_fashion_mnist
+
+        if context.is_main:
+            prepare_fashion_mnist(settings)
+        barrier()
+    if settings.materialize and context.is_main and settings.outcomes is not None:
+        open_layout(settings)
+
+    outcomes = obtain_outcomes(settings, context, device)
+    if not context.is_main:
+        return
+    stats = compute_statistics(outcomes)
+    write_statistics(stats, outcomes, settings.results / "statistics")
+    subsets = select_and_report(settings, outcomes, stats)
+    if settings.materialize:
+        materialize(settings, subsets)
+    else:
+        log.info("--no-materialize: lists and reports are in %s; no subset folders were built", settings.results)
+
+
+def open_layout(settings: RescaleSettings) -> Layout:
+    """Detect the dataset layout, with a helpful error when the configured dataset is absent."""
+    if not settings.root.exists() and not settings.data_given and settings.dataset in ("ImageNet", "Places365"):
+        raise UserError(
+            f"{settings.dataset} not found at {settings.root} (the 'root' of {settings.dataset} in config_rescale.py). "
+            f"Put the dataset there, set {settings.dataset}['root'] in config_rescale.py, or pass --data DIR. "
+            f"To try the method without {settings.dataset}, run: {DEMO_COMMAND}"
+        )
+    return detect_layout(settings.root, settings.dataset)
+
+
+def expected_meta(settings: RescaleSettings, network, fingerprint: str, layout: Layout, unknown: list[str]) -> dict:
+    """Describe what stored outcomes must match to be reused."""
+    return {
+        "dataset": settings.dataset,
+        "root": str(settings.root),
+        "layout": layout.name,
+        "network": network.identity,
+        "preprocessing": network.preprocessing.as_dict(),
+        "fingerprint": fingerprint,
+        "skipped_classes": unknown,
+    }
+
+
+def reuse_reason(stored: dict, wanted: dict, topk: int) -> str | None:
+    """Return why stored outcomes cannot be reused, or None when they can."""
+    checks = [
+        ("network", "a different network"),
+        ("preprocessing", "different preprocessing"),
+        ("fingerprint", "a different validation split (files added, removed, relabelled or changed)"),
+        ("skipped_classes", "a different set of skipped classes"),
+    ]
+    for key, text in checks:
+        if stored.get(key) != wanted[key]:
+            return f"they were computed with {text}"
+    if stored.get("topk", 0) < topk:
+        return f"they keep top-{stored.get('topk')} predictions and top-{topk} were requested"
+    return None
+
+
+def find_reusable(path: Path, wanted: dict, topk: int) -> Outcomes | None:
+    """Load stored outcomes that match ``wanted``; log why they are not reused otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        stored = load_outcomes(path)
+    except UserError as error:
+        log.warning("%s; running the validation pass again", error)
+        return None
+    reason = reuse_reason(stored.meta, wanted, topk)
+    if reason:
+        log.info("not reusing %s: %s; running the validation pass again", path, reason)
+        return None
+    if stored.k > topk:
+        stored.topk = stored.topk[:, :topk]
+        if stored.probs is not None:
+            stored.probs = stored.probs[:, :topk]
+    log.info("reusing the validation outcomes in %s (same network, unchanged validation split); pass --recompute to run the network again", path)
+    return stored
+
+
+def obtain_outcomes(settings: RescaleSettings, context: DistributedContext, device) -> Outcomes | None:
+    """Stage 1: import outcomes, reuse stored ones, or run the validation pass."""
+    if settings.outcomes is not None:
+        return import_outcomes(settings.outcomes) if context.is_main else None
+
+    layout = open_layout(settings)
+    split = layout.split("val")
+    if len(split) == 0:
+        raise UserError(f"no validation images found under {settings.root} ({layout.description}); check the dataset root")
+    network = load_network(settings.model, settings.weights, settings.class_names, settings.trust_checkpoint, settings.draft)
+    labels, unknown = label_indices(split, network.class_names, settings.skip_unknown_classes)
+
+    path = settings.results / OUTCOMES_FILE
+    stored = None
+    wanted = None
+    if context.is_main:
+        wanted = expected_meta(settings, network, fingerprint_split(split), layout, unknown)
+        stored = None if settings.recompute else find_reusable(path, wanted, settings.topk)
+    if broadcast_from_main(stored is not None, context):
+        return stored
+
+    outcomes = run_validation_pass(network, split, labels, device, context, settings.batch_size, settings.workers, settings.topk)
+    if context.is_main:
+        outcomes.meta.update(wanted, created=now_iso(), source="validation-pass")
+        save_outcomes(outcomes, path)
+    return outcomes
+
+
+def describe(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -> str:
+    """One paragraph that says where the figures of a report come from."""
+    network = outcomes.meta.get("network") or {}
+    source = ", ".join(f"{k} {v}" for k, v in network.items() if k in ("model", "weights")) or outcomes.meta.get("source", "imported outcomes")
+    accuracy = stats.top1_correct.sum() / max(stats.images.sum(), 1)
+    skipped = len(outcomes.skipped)
+    return (
+        f"Outcomes: {len(outcomes)} validation images of {len(stats.present)} classes ({source}); top-1 accuracy "
+        f"{100 * accuracy:.2f}%{f'; {skipped} unreadable images skipped' if skipped else ''}. "
+        f"Strategy: {settings.strategy} (min_pair_share {settings.min_pair_share}, seed {settings.seed})."
+    )
+
+
+def _names(stats: Statistics, classes: list[int]) -> list[str]:
+    return [stats.class_names[c] for c in classes]
+
+
+def select_and_report(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -> dict[str, list[str]]:
+    """Stage 3: choose the subsets, write their lists, reports and the summary; return name -> classes."""
+    selected = select_subsets(stats, settings.sizes, settings.strategy, settings.min_pair_share, settings.seed)
+    subsets = {f"{settings.prefix}{size}": _names(stats, classes) for size, classes in selected.items()}
+    write_class_lists(subsets, settings.results)
+
+    scorer = SubsetScorer(outcomes, stats)
+    context = describe(settings, outcomes, stats)
+    results = []
+    for size, classes in selected.items():
+        baseline = scorer.random_baseline(size, settings.random_baselines, settings.seed)
+        result = SubsetResult(f"{settings.prefix}{size}", classes, scorer.score(classes), baseline, source=settings.strategy)
+        write_subset_report(result, stats, settings.results / "reports", context)
+        results.append(result)
+    results.extend(compared_lists(settings, stats, scorer, selected))
+    write_summary(results, settings.results, context)
+    return subsets
+
+
+def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetScorer, selected: dict[int, list[int]]) -> list[SubsetResult]:
+    """Score the --compare list files on the same outcomes, with their overlap with the selection."""
+    if not settings.compare:
+        return []
+    from utils.class_lists import check_classes, read_class_list
+
+    index = {name: i for i, name in enumerate(stats.class_names)}
+    known = [stats.class_names[c] for c in stats.present]
+    results = []
+    for path in settings.compare:
+        names = read_class_list(path)
+        check_classes(names, known, str(path))
+        classes = [index[n] for n in names]
+        size = len(classes)
+        overlap = None
+        if size in selected:
+            ours = set(selected[size])
+            overlap = len(ours & set(classes)) / len(ours | set(classes))
+        baseline = scorer.random_baseline(size, settings.random_baselines, settings.seed)
+        results.append(SubsetResult(path.stem, classes, scorer.score(classes), baseline, source=f"list {path.name}", overlap=overlap))
+    return results
+
+
+def materialize(settings: RescaleSettings, subsets: dict[str, list[str]]) -> None:
+    """Build the subset folders from the dataset root."""
+    from utils.subsets import build_subsets
+
+    layout = open_layout(settings)
+    build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
+
+
+def build_from_list_files(settings: RescaleSettings) -> None:
+    """--lists: build subsets named after the list files, without running a network."""
+    from utils.class_lists import check_classes, read_class_list, subset_name_from_list
+
+    layout = open_layout(settings)
+    known = layout.classes()
+    subsets = {}
+    for path in settings.lists:
+        names = read_class_list(path)
+        check_classes(names, known, str(path))
+        subsets[subset_name_from_list(path)] = names
+    from utils.subsets import build_subsets
+
+    build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
+

@@ -1,0 +1,152 @@
+"""Per-class statistics of validation outcomes: accuracy, confusions and sensitive images.
+
+Confusions are kept as sparse (true, predicted, count) triples, so 21,841 classes cost memory
+in proportion to the confused pairs that occur, not to the square of the class count.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.outcomes import Outcomes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairCounts:
+    """Sparse counts over class pairs, grouped by the first class (CSR layout).
+
+    For class ``c`` the partners are ``indices[indptr[c]:indptr[c + 1]]`` with ``counts`` alongside,
+    sorted by count (largest first), then by partner name.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    counts: np.ndarray
+
+    def row(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        start, stop = self.indptr[c], self.indptr[c + 1]
+        return self.indices[start:stop], self.counts[start:stop]
+
+
+@dataclass
+class Statistics:
+    """Stage 2: per-class accuracy and confusions of one set of outcomes."""
+
+    class_names: list[str]
+    images: np.ndarray
+    top1_correct: np.ndarray
+    top5_correct: np.ndarray | None
+    confusion_true: np.ndarray
+    confusion_pred: np.ndarray
+    confusion_count: np.ndarray
+    confused_out: PairCounts
+    confused_in: PairCounts
+    confused_both: PairCounts
+    name_rank: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def present(self) -> np.ndarray:
+        """Indices of the classes with at least one validation image, in index order."""
+        return np.flatnonzero(self.images > 0)
+
+    @property
+    def top1_accuracy(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.images > 0, self.top1_correct / np.maximum(self.images, 1), np.nan)
+
+    @property
+    def top5_accuracy(self) -> np.ndarray | None:
+        if self.top5_correct is None:
+            return None
+        return np.where(self.images > 0, self.top5_correct / np.maximum(self.images, 1), np.nan)
+
+    def top_confusions(self, c: int, limit: int = 5) -> list[tuple[int, int, int]]:
+        """Return up to ``limit`` (partner, images of c predicted as partner, images of partner predicted as c)."""
+        partners, _ = self.confused_both.row(c)
+        out_partners, out_counts = self.confused_out.row(c)
+        in_partners, in_counts = self.confused_in.row(c)
+        outgoing = dict(zip(out_partners.tolist(), out_counts.tolist()))
+        incoming = dict(zip(in_partners.tolist(), in_counts.tolist()))
+        return [(j, outgoing.get(j, 0), incoming.get(j, 0)) for j in partners[:limit].tolist()]
+
+
+def name_ranks(class_names: list[str]) -> np.ndarray:
+    """Return each class's position in sorted name order, the deterministic tie-breaker."""
+    order = np.argsort(np.asarray(class_names, dtype=str), kind="stable")
+    ranks = np.empty(len(class_names), dtype=np.int64)
+    ranks[order] = np.arange(len(class_names))
+    return ranks
+
+
+def _pair_counts(first: np.ndarray, second: np.ndarray, weight: np.ndarray, num_classes: int, rank: np.ndarray) -> PairCounts:
+    """Group weighted (first, second) pairs into CSR rows sorted by weight desc, then partner name."""
+    key = first.astype(np.int64) * num_classes + second
+    unique, inverse = np.unique(key, return_inverse=True)
+    totals = np.bincount(inverse, weights=weight, minlength=len(unique)).astype(np.int64)
+    rows, cols = unique // num_classes, unique % num_classes
+    order = np.lexsort((rank[cols], -totals, rows))
+    rows, cols, totals = rows[order], cols[order], totals[order]
+    indptr = np.zeros(num_classes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=num_classes), out=indptr[1:])
+    return PairCounts(indptr=indptr, indices=cols.astype(np.int32), counts=totals)
+
+
+def compute_statistics(outcomes: Outcomes) -> Statistics:
+    """Count per-class accuracy and the confusions between classes."""
+    num_classes = len(outcomes.class_names)
+    true = outcomes.true.astype(np.int64)
+    top1 = outcomes.topk[:, 0].astype(np.int64)
+
+    images = np.bincount(true, minlength=num_classes)
+    correct = top1 == true
+    top1_correct = np.bincount(true, weights=correct, minlength=num_classes).astype(np.int64)
+    top5_correct = None
+    if outcomes.k >= 5:
+        in_top5 = (outcomes.topk[:, :5] == true[:, None]).any(axis=1)
+        top5_correct = np.bincount(true, weights=in_top5, minlength=num_classes).astype(np.int64)
+
+    key = true * num_classes + top1
+    unique, counts = np.unique(key, return_counts=True)
+    confusion_true, confusion_pred = unique // num_classes, unique % num_classes
+
+    rank = name_ranks(outcomes.class_names)
+    wrong = ~correct
+    off_true, off_pred = true[wrong], top1[wrong]
+    ones = np.ones(len(off_true), dtype=np.int64)
+    confused_out = _pair_counts(off_true, off_pred, ones, num_classes, rank)
+    confused_in = _pair_counts(off_pred, off_true, ones, num_classes, rank)
+    confused_both = _pair_counts(
+        np.concatenate([off_true, off_pred]), np.concatenate([off_pred, off_true]), np.concatenate([ones, ones]), num_classes, rank
+    )
+    stats = Statistics(
+        class_names=list(outcomes.class_names),
+        images=images,
+        top1_correct=top1_correct,
+        top5_correct=top5_correct,
+        confusion_true=confusion_true.astype(np.int32),
+        confusion_pred=confusion_pred.astype(np.int32),
+        confusion_count=counts.astype(np.int64),
+        confused_out=confused_out,
+        confused_in=confused_in,
+        confused_both=confused_both,
+        name_rank=rank,
+    )
+    log.info(
+        "statistics: %d images, %d classes with images, top-1 accuracy %.2f%%, %d misclassified images",
+        len(true), len(stats.present), 100 * correct.mean() if len(true) else 0.0, int(wrong.sum()),
+    )
+    return stats
+
+
+def dense_confusion(stats: Statistics) -> np.ndarray:
+    """Return the full confusion matrix (rows: true class, columns: predicted class); for small class counts."""
+    matrix = np.zeros((stats.num_classes, stats.num_classes), dtype=np.int64)
+    matrix[stats.confusion_true, stats.confusion_pred] = stats.confusion_count
+    return matrix

@@ -1,0 +1,166 @@
+"""Stage 1: running a pretrained network over the validation split.
+
+Each torchrun process takes every world_size-th image, so the shards are disjoint and together
+cover the split; rank 0 gathers the shards and orders them by image index.
+"""
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from utils.distributed import DistributedContext, gather_to_main
+from utils.errors import UserError
+from utils.image_decoding import DECODE_ERRORS, EvalTransform, normalize_batch
+from utils.layouts import Split
+from utils.networks import PretrainedNetwork
+from utils.outcomes import Outcomes
+
+log = logging.getLogger(__name__)
+
+
+class ValidationImages(Dataset):
+    """Images of one shard of the split as uint8 tensors; undecodable files are flagged, not raised."""
+
+    def __init__(self, split: Split, indices: list[int], transform: EvalTransform):
+        self.split = split
+        self.indices = indices
+        self.transform = transform
+        self.crop = transform.crop
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        index = self.indices[position]
+        path = self.split.root / self.split.files[index]
+        try:
+            return self.transform(path), index, True, ""
+        except DECODE_ERRORS as error:
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), index, False, reason
+
+
+@dataclass
+class ShardResult:
+    """Outcomes of one process's shard, in global image indices."""
+
+    indices: np.ndarray
+    topk: np.ndarray
+    probs: np.ndarray
+    skipped: list[tuple[int, str]]
+
+
+def label_indices(split: Split, class_names: list[str], skip_unknown: bool) -> tuple[np.ndarray, list[str]]:
+    """Map each image's class name to the network's output index, by name.
+
+    Returns the indices (-1 for images of skipped classes) and the names of the skipped classes.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted(set(split.labels) - set(index))
+    if unknown and not skip_unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise UserError(
+            f"the network does not know the dataset class(es) {shown}; use a network trained on these classes, "
+            "give its class names with --class-names, or leave these classes out with --skip-unknown-classes"
+        )
+    if unknown:
+        log.warning("leaving out %d class(es) the network does not know: %s", len(unknown), ", ".join(unknown[:10]))
+    labels = np.array([index.get(name, -1) for name in split.labels], dtype=np.int64)
+    return labels, unknown
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _run_shard(network: PretrainedNetwork, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int, topk: int, show_progress: bool) -> ShardResult:
+    transform = EvalTransform(network.preprocessing)
+    loader = DataLoader(
+        ValidationImages(split, indices, transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    model = network.module.to(device).eval()
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    k = min(topk, len(network.class_names))
+    kept_indices, kept_topk, kept_probs, skipped = [], [], [], []
+    mean, std = network.preprocessing.mean, network.preprocessing.std
+
+    progress = tqdm(total=len(indices), unit="img", desc="validation pass", disable=not show_progress, dynamic_ncols=True)
+    with torch.inference_mode(), progress:
+        for images, image_indices, ok, reasons in loader:
+            skipped.extend((int(i), r) for i, r, good in zip(image_indices, reasons, ok) if not good)
+            if ok.any():
+                batch = normalize_batch(images[ok], mean, std, device, channels_last)
+                with _autocast(device):
+                    logits = model(batch)
+                probs, predicted = logits.float().softmax(dim=1).topk(k, dim=1)
+                kept_indices.append(image_indices[ok].numpy())
+                kept_topk.append(predicted.cpu().numpy().astype(np.int32))
+                kept_probs.append(probs.cpu().numpy().astype(np.float32))
+            progress.update(len(image_indices))
+    empty = np.zeros((0, k))
+    return ShardResult(
+        indices=np.concatenate(kept_indices) if kept_indices else np.zeros(0, dtype=np.int64),
+        topk=np.concatenate(kept_topk) if kept_topk else empty.astype(np.int32),
+        probs=np.concatenate(kept_probs) if kept_probs else empty.astype(np.float32),
+        skipped=skipped,
+    )
+
+
+def run_validation_pass(
+    network: PretrainedNetwork,
+    split: Split,
+    labels: np.ndarray,
+    device: torch.device,
+    context: DistributedContext,
+    batch_size: int,
+    workers: int,
+    topk: int,
+) -> Outcomes | None:
+    """Run the network over the images whose label is known; return the outcomes on rank 0, None elsewhere."""
+    candidates = np.flatnonzero(labels >= 0)
+    shard = candidates[context.rank::context.world_size].tolist()
+    log.info("validation pass: %d images on %s in %d process(es), batch %d, %d workers", len(candidates), device, context.world_size, batch_size, workers)
+    started = time.perf_counter()
+    result = _run_shard(network, split, shard, device, batch_size, workers, topk, show_progress=context.is_main)
+    gathered = gather_to_main(result, context)
+    if not context.is_main:
+        return None
+
+    indices = np.concatenate([r.indices for r in gathered])
+    order = np.argsort(indices, kind="stable")
+    indices = indices[order]
+    if len(np.unique(indices)) != len(indices):
+        raise RuntimeError("the validation shards overlap; an image was processed twice")
+    skipped = sorted(s for r in gathered for s in r.skipped)
+    if len(indices) + len(skipped) != len(candidates):
+        raise RuntimeError(f"the validation shards cover {len(indices) + len(skipped)} of {len(candidates)} images")
+    seconds = time.perf_counter() - started
+    log.info("validation pass done: %d images in %.1f s (%.1f images/s), %d unreadable", len(candidates), seconds, len(candidates) / max(seconds, 1e-9), len(skipped))
+    for index, reason in skipped:
+        log.warning("skipped unreadable image %s (%s)", split.files[index], reason)
+    return Outcomes(
+        class_names=network.class_names,
+        true=labels[indices],
+        topk=np.concatenate([r.topk for r in gathered])[order],
+        probs=np.concatenate([r.probs for r in gathered])[order],
+        paths=np.asarray(split.files, dtype=str)[indices],
+        meta={
+            "skipped": [{"path": split.files[i], "reason": r} for i, r in skipped],
+            "seconds": round(seconds, 2),
+            "processes": context.world_size,
+        },
+    )
