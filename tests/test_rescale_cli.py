@@ -1,0 +1,114 @@
+"""RescaleDataset.py from the command line: help, defaults, user errors and imported outcomes."""
+
+import pytest
+
+from tests.helpers import SHARED, run_script
+
+REFERENCE = SHARED / "reference" / "imagenet_val_outcomes"
+
+
+def assert_clean_failure(run, status=1):
+    assert run.returncode == status, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_help_lists_every_flag_with_default():
+    run = run_script("RescaleDataset.py", "--help")
+    assert run.returncode == 0
+    for flag in ("--dataset", "--data", "--results", "--sizes", "--model", "--weights", "--outcomes", "--strategy",
+                 "--device", "--batch-size", "--workers", "--recompute", "--no-materialize", "--lists", "--out", "--mode", "--topk"):
+        assert flag in run.stdout, flag
+    assert "default: ImageNet" in run.stdout
+    assert "default: 30 50 100 150 200" in run.stdout
+    assert "python RescaleDataset.py --dataset FashionMNIST" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "flag, value, valid",
+    [("--dataset", "CIFAR", "Places365"), ("--strategy", "hardest", "lowest-accuracy"), ("--mode", "move", "hardlink")],
+)
+def test_unknown_choice_lists_valid_ones(flag, value, valid):
+    run = run_script("RescaleDataset.py", flag, value)
+    assert_clean_failure(run, status=2)
+    assert value in run.stderr
+    assert valid in run.stderr
+
+
+@pytest.mark.parametrize("size, message", [("1", "below 2"), ("0", "below 2"), ("-3", "below 2"), ("2.5", "not an integer"), ("abc", "not an integer")])
+def test_invalid_size_rejected(size, message):
+    run = run_script("RescaleDataset.py", "--sizes", size, "--outcomes", str(REFERENCE), "--no-materialize")
+    assert_clean_failure(run, status=2)
+    assert message in run.stderr
+
+
+def test_wrong_type_rejected():
+    run = run_script("RescaleDataset.py", "--batch-size", "many")
+    assert_clean_failure(run, status=2)
+    assert "--batch-size" in run.stderr
+
+
+def test_unknown_flag_rejected():
+    run = run_script("RescaleDataset.py", "--colour", "red")
+    assert_clean_failure(run, status=2)
+    assert "--colour" in run.stderr
+
+
+def test_missing_imagenet_explains_what_to_do(tmp_path):
+    run = run_script("RescaleDataset.py", "--results", str(tmp_path / "results"))
+    assert_clean_failure(run)
+    assert "data/ImageNet" in run.stderr
+    assert "config_rescale.py" in run.stderr
+    assert "--data" in run.stderr
+    assert "python RescaleDataset.py --dataset FashionMNIST" in run.stderr
+
+
+def test_unknown_model_lists_valid_ones(tmp_path):
+    root = tmp_path / "data"
+    (root / "val" / "n01440764").mkdir(parents=True)
+    (root / "val" / "n01440764" / "a.JPEG").write_bytes(b"")
+    run = run_script("RescaleDataset.py", "--data", str(root), "--model", "resnet51", "--results", str(tmp_path / "r"), "--no-materialize")
+    assert_clean_failure(run)
+    assert "resnet51" in run.stderr
+    assert "efficientnet_lite0" in run.stderr
+
+
+def test_size_above_class_count(tmp_path):
+    run = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--sizes", "1001", "--results", str(tmp_path))
+    assert_clean_failure(run)
+    assert "1001" in run.stderr
+    assert "1000" in run.stderr
+
+
+def test_imported_outcomes_need_no_dataset(tmp_path):
+    run = run_script(
+        "RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path),
+        "--data", str(tmp_path / "absent"), "--random-baselines", "10",
+    )
+    assert run.returncode == 0, run.stderr
+    lists = (tmp_path / "List_file_rescale.txt").read_text().split()
+    assert lists == ["ReIN30.txt", "ReIN50.txt", "ReIN100.txt", "ReIN150.txt", "ReIN200.txt"]
+    for name in lists:
+        classes = (tmp_path / name).read_text().splitlines()
+        assert classes == sorted(classes)
+        assert len(classes) == int(name[4:-4])
+        assert b"\r" not in (tmp_path / name).read_bytes()
+    for name in ("summary.md", "summary.csv", "reports/ReIN30.md", "reports/ReIN30.csv", "statistics/per_class.csv", "statistics/confusions.csv", "statistics/sensitive_images.csv"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_lowest_accuracy_strategy(tmp_path):
+    run = run_script(
+        "RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path),
+        "--strategy", "lowest-accuracy", "--sizes", "30", "--random-baselines", "5",
+    )
+    assert run.returncode == 0, run.stderr
+    per_class = (tmp_path / "statistics" / "per_class.csv").read_text().splitlines()[1:31]
+    hardest = sorted(line.split(",")[0] for line in per_class)
+    assert (tmp_path / "ReIN30.txt").read_text().split() == hardest
+
+
+def test_random_strategy_differs_from_method(tmp_path):
+    method = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path / "m"), "--sizes", "30", "--random-baselines", "5")
+    control = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path / "r"), "--sizes", "30", "--random-baselines", "5", "--strategy", "random")
+    assert method.returncode == 0 and control.returncode == 0
+    assert (tmp_path / "m" / "ReIN30.txt").read_text() != (tmp_path / "r" / "ReIN30.txt").read_text()
