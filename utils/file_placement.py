@@ -108,7 +108,11 @@ class FilePlacer:
 
 
 def copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to a temporary name beside ``target`` and rename it, so ``target`` is never partial."""
+    """Copy ``source`` to a temporary name beside ``target`` and rename it, so ``target`` is never partial.
+
+    NOTE: the copy is not fsynced. A killed process cannot leave a partial ``target``, but a power
+    loss may, and a re-run only notices it when the size is wrong.
+    """
     temporary = target.with_name(f".{target.name}.part")
     try:
         shutil.copyfile(source, temporary)
