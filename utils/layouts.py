@@ -2,7 +2,9 @@
 
 A layout turns a dataset root into `Split` records (relative file paths and class names) for the
 training and validation splits. Classes are always identified by name (WordNet id, Places365
-category folder name, or folder name), never by position.
+category folder name, or folder name), never by position. This module contains the base types,
+the ImageFolder layout and `detect_layout`. The ImageNet and Places365 readers are in
+`utils/imagenet_layouts.py` and `utils/places365_layouts.py`. Layouts only read the dataset root.
 """
 
 import logging
@@ -61,6 +63,10 @@ class Layout:
         """List the images of split ``which`` ('train' or 'val'), optionally of some classes only."""
         raise NotImplementedError
 
+    def path_in_class(self, relative: str, label: str) -> str:
+        """Return where an image goes inside its class folder of a subset: here its file name."""
+        return relative.rsplit("/", 1)[-1]
+
 
 def list_class_folder(folder: Path, relative_to: Path) -> list[str]:
     """List the image files under one class folder, recursively and sorted, as POSIX relative paths.
@@ -89,6 +95,29 @@ def class_folders(split_dir: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
 
 
+def split_from_class_folders(root: Path, split_dir: Path, classes: set[str] | None = None) -> Split:
+    """List the images of every class folder of ``split_dir`` (or of ``classes`` only), sorted."""
+    result = Split(root)
+    for name in class_folders(split_dir):
+        if classes is not None and name not in classes:
+            continue
+        files = list_class_folder(split_dir / name, root)
+        result.files.extend(files)
+        result.labels.extend([name] * len(files))
+    return result
+
+
+def loose_images(folder: Path) -> list[str]:
+    """Return the sorted names of the image files directly inside ``folder``, not in sub-folders."""
+    return sorted(entry.name for entry in os.scandir(folder) if is_image_file(entry.name) and entry.is_file())
+
+
+def check_split_name(which: str) -> None:
+    """Raise ValueError for a split other than 'train' and 'val' (a programming error)."""
+    if which not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {which!r}")
+
+
 class ImageFolderLayout(Layout):
     """`train/<class>/...` and `val/<class>/...`, as read by `torchvision.datasets.ImageFolder`."""
 
@@ -103,17 +132,18 @@ class ImageFolderLayout(Layout):
         return sorted(names)
 
     def split(self, which: str, classes: set[str] | None = None) -> Split:
+        check_split_name(which)
         split_dir = self.root / which
         if not split_dir.is_dir():
             raise UserError(f"{split_dir} not found; a dataset in the ImageFolder layout needs {which}/<class>/ folders")
-        result = Split(self.root)
-        for name in class_folders(split_dir):
-            if classes is not None and name not in classes:
-                continue
-            files = list_class_folder(split_dir / name, self.root)
-            result.files.extend(files)
-            result.labels.extend([name] * len(files))
-        return result
+        return split_from_class_folders(self.root, split_dir, classes)
+
+    def path_in_class(self, relative: str, label: str) -> str:
+        """Return the image path below `<split>/<class>/`, which keeps nested folders of a class."""
+        parts = relative.split("/")
+        if len(parts) > 2 and parts[1] == label:
+            return "/".join(parts[2:])
+        return parts[-1]
 
 
 def check_dataset_root(root: Path, dataset: str) -> None:
@@ -127,14 +157,47 @@ def check_dataset_root(root: Path, dataset: str) -> None:
 
 
 def detect_layout(root: Path, dataset: str) -> Layout:
-    """Return the layout of the dataset under ``root``, or raise an error listing the accepted ones."""
+    """Return the layout of the dataset under ``root``, or raise UserError listing the accepted ones.
+
+    ``dataset`` is 'ImageNet', 'Places365', 'ImageFolder' or 'FashionMNIST'; the last two both
+    mean the ImageFolder layout. The detected layout is logged.
+    """
+    # Imported here because both modules build on the base types above.
+    from utils.imagenet_layouts import IMAGENET_LAYOUTS, detect_imagenet
+    from utils.places365_layouts import PLACES365_LAYOUTS, detect_places365
+
+    detectors = {
+        "ImageNet": (detect_imagenet, IMAGENET_LAYOUTS),
+        "Places365": (detect_places365, PLACES365_LAYOUTS),
+        "ImageFolder": (detect_imagefolder, (ImageFolderLayout.description,)),
+        "FashionMNIST": (detect_imagefolder, (ImageFolderLayout.description,)),
+    }
+    if dataset not in detectors:
+        raise UserError(f"dataset {dataset!r} is unknown; choose one of {', '.join(detectors)}")
     check_dataset_root(root, dataset)
-    candidates = [ImageFolderLayout]
-    for layout_type in candidates:
-        if (root / "train").is_dir() or (root / "val").is_dir():
-            layout = layout_type(root)
-            log.info("%s layout detected at %s: %s", dataset, root, layout.description)
-            return layout
-    found = ", ".join(sorted(entry.name for entry in os.scandir(root))[:10]) or "nothing"
-    accepted = "; ".join(t.description for t in candidates)
-    raise UserError(f"{root} matches no {dataset} layout: found {found}; accepted layouts: {accepted}")
+
+    detect, accepted = detectors[dataset]
+    layout = detect(root)
+    if layout is None:
+        raise UserError(
+            f"{root} matches no {dataset} layout: it contains {describe_contents(root)}; "
+            f"accepted layouts: {'; '.join(accepted)}"
+        )
+    log.info("%s layout detected at %s: %s", dataset, root, layout.description)
+    return layout
+
+
+def detect_imagefolder(root: Path) -> Layout | None:
+    """Return the ImageFolder layout when ``root`` has a train/ or val/ folder, else None."""
+    if (root / "train").is_dir() or (root / "val").is_dir():
+        return ImageFolderLayout(root)
+    return None
+
+
+def describe_contents(root: Path, limit: int = 10) -> str:
+    """Describe the first entries of a folder for an error message, folders marked with a slash."""
+    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in os.scandir(root))
+    if not entries:
+        return "nothing"
+    shown = ", ".join(entries[:limit])
+    return shown if len(entries) <= limit else f"{shown} and {len(entries) - limit} more"

@@ -1,0 +1,152 @@
+"""Placing the images of a subset by copy, hard link or symbolic link, in parallel threads."""
+
+import errno
+import logging
+import os
+import shutil
+import stat
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Errors of os.link after which a copy is made instead: another file system, too many links,
+# a file system without hard links, or a kernel that forbids linking files of other users
+# (fs.protected_hardlinks).
+LINK_FALLBACK_ERRORS = {
+    errno.EXDEV: "the output folder is on another file system than the dataset",
+    errno.EMLINK: "an image has the maximum number of hard links",
+    errno.EOPNOTSUPP: "the file system does not support hard links",
+    errno.EPERM: "the system does not allow hard links to these images",
+}
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One image of a subset: its path inside the subset and its source in the dataset."""
+
+    target: str
+    source: Path
+    size: int
+    device: int
+    inode: int
+
+
+def is_in_place(path: Path, planned: PlannedFile, mode: str) -> bool:
+    """Return whether ``path`` already is ``planned`` as ``mode`` would place it.
+
+    A copy is a regular file of the source's size that is not the source itself. A hard link
+    shares the source's inode, or is such a copy on another file system. A symbolic link points
+    to the absolute source path.
+    """
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if mode == "symlink":
+        return stat.S_ISLNK(status.st_mode) and os.readlink(path) == str(planned.source)
+    if not stat.S_ISREG(status.st_mode) or status.st_size != planned.size:
+        return False
+    same_file = (status.st_dev, status.st_ino) == (planned.device, planned.inode)
+    if mode == "hardlink":
+        return same_file or status.st_dev != planned.device
+    return not same_file
+
+
+class FilePlacer:
+    """Places planned files below one folder by copy, hard link or symbolic link."""
+
+    def __init__(self, folder: Path, mode: str):
+        self.folder = folder
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._fallbacks_logged: set[int] = set()
+
+    def place(self, planned: PlannedFile) -> None:
+        """Place one file unless it is already in place; raise UserError when writing fails."""
+        target = self.folder / planned.target
+        if is_in_place(target, planned, self.mode):
+            return
+        try:
+            if os.path.lexists(target):
+                os.unlink(target)
+            if self.mode == "symlink":
+                os.symlink(planned.source, target)
+            elif self.mode == "hardlink":
+                self._link_or_copy(planned.source, target)
+            else:
+                copy_file(planned.source, target)
+        except OSError as error:
+            raise UserError(
+                f"placing {planned.source} at {target} failed: {error.strerror or error}; free disk space or fix "
+                "the permissions of the output folder, or choose another one, then run again to resume"
+            ) from error
+
+    def _link_or_copy(self, source: Path, target: Path) -> None:
+        try:
+            os.link(source, target)
+            return
+        except OSError as error:
+            if error.errno not in LINK_FALLBACK_ERRORS:
+                raise
+            self._log_fallback_once(error.errno)
+        copy_file(source, target)
+
+    def _log_fallback_once(self, number: int) -> None:
+        with self._lock:
+            if number in self._fallbacks_logged:
+                return
+            self._fallbacks_logged.add(number)
+        log.warning("hard links into %s fail because %s; copying the images instead", self.folder, LINK_FALLBACK_ERRORS[number])
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to a temporary name beside ``target`` and rename it, so ``target`` is never partial.
+
+    NOTE: the copy is not fsynced. A killed process cannot leave a partial ``target``, but a power
+    loss may, and a re-run only notices it when the size is wrong.
+    """
+    temporary = target.with_name(f".{target.name}.part")
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def run_parallel(function: Callable, items: Iterable, workers: int, bar: tqdm) -> list:
+    """Call ``function`` on every item in ``workers`` threads; return the results in completion order.
+
+    At most four tasks per worker wait in the queue, so millions of items need little memory. The
+    first exception cancels the waiting tasks and is raised once the running ones end.
+    """
+    results = []
+    pending = set()
+
+    def collect(done) -> None:
+        for future in done:
+            results.append(future.result())
+            bar.update()
+
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        try:
+            for item in items:
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    collect(done)
+                pending.add(executor.submit(function, item))
+            done, pending = wait(pending)
+            collect(done)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return results
