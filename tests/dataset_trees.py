@@ -16,7 +16,7 @@ import numpy as np
 import scipy.io
 
 from tests.helpers import photo_crops
-from utils.places365_layouts import places365_categories
+from utils.class_names import places365_categories
 
 IMAGENET_LAYOUTS = ("val-folders", "devkit-tar", "devkit-extracted", "kaggle", "kaggle-top", "package")
 PLACES365_LAYOUTS = ("easy", "original")

@@ -22,7 +22,8 @@ from tests.helpers import tree_digest
 from utils.errors import UserError
 from utils.imagenet_layouts import IMAGENET_LAYOUTS as ACCEPTED_IMAGENET, leaf_synsets
 from utils.layouts import ImageFolderLayout, detect_layout
-from utils.places365_layouts import PLACES365_LAYOUTS as ACCEPTED_PLACES365, easy_format_name, places365_categories
+from utils.class_names import places365_categories
+from utils.places365_layouts import PLACES365_LAYOUTS as ACCEPTED_PLACES365, easy_format_name
 
 WNIDS = [SEA_SNAKE, "n01440764", "n02123159", "n04592741"]
 CATEGORIES = ["airfield", "apartment_building-outdoor", "arch", "church-outdoor"]

