@@ -1,0 +1,396 @@
+"""Training harness: dataset discovery, flags, checkpoints, resume, torchrun, NaN guard and results table.
+
+The training runs use tiny ImageFolder trees of real Fashion-MNIST images (28x28 grayscale PNGs,
+read as RGB and cropped to 32x32) and small networks on the CPU. Two hidden flags inject faults:
+`--debug-kill-at-step N` sends SIGKILL to the training process at global step N, and
+`--debug-nan-at-step N` multiplies the loss of global step N by NaN (step 1 is the first step of
+epoch 1). With 36 training images and batches of 8, an epoch has 4 steps, so step 6 is the second
+step of epoch 2.
+"""
+
+import csv
+import json
+import logging
+import random
+import signal
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fashion_trees import write_dataset
+from tests.helpers import run_script
+from utils.atomic import exclusive_lock
+from utils.checkpoints import load_checkpoint
+from utils.distributed import DistributedContext
+from utils.errors import UserError
+from utils.results_table import write_results_table
+from utils.train_args import parse_args
+from utils.train_checkpoint import capture_rng_state, load_trained_network, restore_rng_state
+from utils.train_data import DatasetSource, Preprocessing, ShardSampler, find_datasets, load_split
+from utils.train_log import LOG_COLUMNS, TIMING_COLUMNS, write_epoch_log
+from utils.train_loop import MetricSums
+from utils.training import main
+
+SCRIPT = "Train_ImageNetRescaleSubsets.py"
+SMALL_RUN = ["--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--workers", "0", "--device", "cpu"]
+CHECKPOINT_KEYS = {"version", "model", "arch", "num_classes", "class_names", "image_size", "resize_size", "mean", "std",
+                   "optimizer", "lr_scheduler", "scaler", "epoch", "best_top1", "history", "config", "rng"}
+
+
+# One thread per process: on a small machine shared with other jobs, two threads per process
+# wait on each other and make these tests tens of times slower.
+THREADS_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def subsets(tmp_path_factory):
+    """ReIN3: 3 classes, 12 training and 5 validation images each; ReIN4: 4 classes, 6 and 2 each."""
+    root = tmp_path_factory.mktemp("subsets")
+    write_dataset(root / "ReIN3", [0, 1, 2], train_per_class=12, val_per_class=5)
+    write_dataset(root / "ReIN4", [5, 7, 8, 9], train_per_class=6, val_per_class=2)
+    (root / "notes").mkdir()
+    return root
+
+
+@pytest.fixture
+def keep_logging():
+    """Restore the root logger after an in-process `main`, which configures logging for a script."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def run_args(data, folder, *extra) -> list[str]:
+    return ["--data", str(data), "--checkpoints", str(folder / "checkpoints"), "--results", str(folder / "results"), *SMALL_RUN, *extra]
+
+
+def read_rows(path) -> list[dict]:
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+
+def make_splits(folder, *names):
+    for name in names:
+        (folder / name / "train").mkdir(parents=True)
+        (folder / name / "val").mkdir(parents=True)
+
+
+# Dataset discovery
+
+def test_find_datasets_matches_prefix(tmp_path):
+    make_splits(tmp_path, "ReIN100", "ReIN30", "other")
+    (tmp_path / "ReIN50").mkdir()  # no train/ and val/: not a subset
+
+    found = find_datasets(tmp_path, "ReIN")
+
+    assert [s.name for s in found] == ["ReIN30", "ReIN100"]
+
+
+def test_find_datasets_single_dataset(tmp_path):
+    make_splits(tmp_path, "ImageNet")
+
+    found = find_datasets(tmp_path / "ImageNet", "ReIN")
+
+    assert found == [DatasetSource("ImageNet", tmp_path / "ImageNet")]
+
+
+def test_find_datasets_without_prefix_match_takes_all(tmp_path):
+    make_splits(tmp_path, "small", "large")
+
+    assert [s.name for s in find_datasets(tmp_path, "ReIN")] == ["large", "small"]
+
+
+def test_find_datasets_selects_exact_names(tmp_path):
+    make_splits(tmp_path, "ReIN30", "ReIN50", "ReIN100")
+
+    assert [s.name for s in find_datasets(tmp_path, "ReIN", ["ReIN100", "ReIN30"])] == ["ReIN100", "ReIN30"]
+
+
+def test_find_datasets_reports_unknown_name(tmp_path):
+    make_splits(tmp_path, "ReIN30")
+
+    with pytest.raises(UserError, match="ReIN3 not found.*available: ReIN30"):
+        find_datasets(tmp_path, "ReIN", ["ReIN3"])
+
+
+def test_find_datasets_empty_folder_explains_fix(tmp_path):
+    with pytest.raises(UserError) as error:
+        find_datasets(tmp_path, "ReIN")
+
+    assert str(tmp_path) in str(error.value)
+    assert "python RescaleDataset.py" in str(error.value)
+
+
+# Flags
+
+def test_defaults_follow_training_protocol(tmp_path):
+    args = parse_args(["--data", str(tmp_path)], "ImageNet")
+
+    assert (args.lr, args.momentum, args.weight_decay, args.batch_size, args.epochs) == (0.1, 0.9, 1e-4, 256, 100)
+    assert (args.lr_step, args.lr_gamma, args.image_size, args.resize_size) == (30, 0.1, 224, 256)
+    assert args.prefix == "ReIN"
+    assert len(args.arch) == 10
+
+
+def test_default_networks_leave_out_too_large_minimum(tmp_path):
+    args = parse_args(["--data", str(tmp_path), "--image-size", "32"], "ImageNet")
+
+    assert "InceptionV4" not in args.arch
+    assert len(args.arch) == 9
+
+
+def test_places365_uses_its_prefix(tmp_path):
+    assert parse_args(["--data", str(tmp_path)], "Places365").prefix == "RePL"
+
+
+def test_resize_size_scales_with_image_size(tmp_path):
+    assert parse_args(["--data", str(tmp_path), "--image-size", "32"], "ImageNet").resize_size == 37
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--lr", "0"], "--lr 0"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--momentum", "1.5"], "--momentum 1.5"),
+    (["--lr-gamma", "0"], "--lr-gamma 0"),
+    (["--image-size", "32", "--resize-size", "30"], "--resize-size 30"),
+    (["--image-size", "64", "--arch", "InceptionV4"], "at least 75"),
+    (["--arch", "ResNet19"], "unknown architecture 'ResNet19'"),
+    (["--restart", "--evaluate"], "exclude each other"),
+    (["--image-size", "16"], "below the minimum input size of every network"),
+])
+def test_invalid_flags_raise_user_error(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        parse_args(["--data", str(tmp_path), *flags], "ImageNet")
+
+
+# Pieces of the loop and the outputs
+
+def test_metric_sums_count_top1_and_top5():
+    # Two images of class 0: the first is ranked first, the second ranked sixth of six classes.
+    logits = torch.tensor([[6.0, 5, 4, 3, 2, 1], [1.0, 2, 3, 4, 5, 6]])
+    sums = MetricSums(torch.device("cpu"))
+
+    sums.add(logits, torch.tensor([0, 0]), torch.tensor(3.0))
+    metrics = sums.result(DistributedContext())
+
+    assert (metrics.loss, metrics.top1, metrics.top5, metrics.images) == (1.5, 50.0, 50.0, 2)
+
+
+def test_shard_sampler_covers_each_image_once():
+    shards = [list(ShardSampler(5, num_replicas=2, rank=rank)) for rank in (0, 1)]
+
+    assert shards == [[0, 2, 4], [1, 3]]
+
+
+def test_rng_state_round_trips_weights_only(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = tmp_path / "rng.pth"
+    torch.save({"rng": capture_rng_state()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+
+    restore_rng_state(load_checkpoint(path)["rng"])
+
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def log_rows(arch, dataset, top1s):
+    rows = []
+    for epoch, top1 in enumerate(top1s, start=1):
+        row = dict.fromkeys(LOG_COLUMNS, "0")
+        row.update(arch=arch, dataset=dataset, epoch=epoch, val_top1=f"{top1:.4f}")
+        rows.append(row)
+    return rows
+
+
+def test_results_table_from_logs(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    write_epoch_log(log_rows("ResNet18", "ReIN100", [10, 30, 20]), checkpoints / "ResNet18_ReIN100" / "log.csv")
+    write_epoch_log(log_rows("ResNet18", "ReIN30", [40]), checkpoints / "ResNet18_ReIN30" / "log.csv")
+    write_epoch_log(log_rows("MAFNet", "ImageNet", [55.5, 50]), checkpoints / "MAFNet_ImageNet" / "log.csv")
+
+    write_results_table(checkpoints, tmp_path / "results")
+
+    markdown = (tmp_path / "results" / "results.md").read_text().splitlines()
+    assert "| network | ImageNet | ReIN30 | ReIN100 |" in markdown
+    assert "| MAFNet | 55.50 (2 ep) | - | - |" in markdown
+    assert "| ResNet18 | - | 40.00 (1 ep) | 30.00 (3 ep) |" in markdown
+    table = read_rows(tmp_path / "results" / "results.csv")
+    assert table[0] == {"arch": "MAFNet", "ImageNet_top1": "55.5000", "ImageNet_epochs": "2",
+                        "ReIN30_top1": "", "ReIN30_epochs": "", "ReIN100_top1": "", "ReIN100_epochs": ""}
+    assert table[1]["ReIN100_top1"] == "30.0000"
+    assert table[1]["ReIN100_epochs"] == "3"
+
+
+# Training runs
+
+def test_one_epoch_two_networks(subsets, tmp_path, keep_logging):
+    args = run_args(subsets, tmp_path, "--arch", "ShuffleNetV1", "MobileNetV2", "--epochs", "1", "--seed", "0")
+
+    assert main(args) == 0
+
+    for arch in ("ShuffleNetV1", "MobileNetV2"):
+        for subset, classes, val_images in (("ReIN3", 3, 15), ("ReIN4", 4, 8)):
+            folder = tmp_path / "checkpoints" / f"{arch}_{subset}"
+            assert {p.name for p in folder.iterdir()} == {".lock", "last.pth", "best.pth", "log.csv", "curves.png"}
+            assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            rows = read_rows(folder / "log.csv")
+            assert [(r["arch"], r["dataset"], r["epoch"], r["lr"]) for r in rows] == [(arch, subset, "1", "0.01")]
+            assert int(rows[0]["val_images"]) == val_images
+            checkpoint = load_checkpoint(folder / "last.pth")
+            assert set(checkpoint) == CHECKPOINT_KEYS
+            assert (checkpoint["arch"], checkpoint["num_classes"], checkpoint["epoch"]) == (arch, classes, 1)
+            assert checkpoint["class_names"] == sorted(p.name for p in (subsets / subset / "train").iterdir())
+            assert (checkpoint["image_size"], checkpoint["resize_size"]) == (32, 37)
+            assert checkpoint["config"]["seed"] == 0
+            assert not any(k.startswith(("module.", "_orig_mod.")) for k in checkpoint["model"])
+    markdown = (tmp_path / "results" / "results.md").read_text()
+    assert "| network | ReIN3 | ReIN4 |" in markdown
+    assert "| ShuffleNetV1 |" in markdown
+    assert "| MobileNetV2 |" in markdown
+    assert markdown.count("(1 ep)") == 4
+
+
+def test_finished_run_is_skipped_and_restart_retrains(subsets, tmp_path, keep_logging):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "1", "--seed", "0")
+    main(args)
+    last = tmp_path / "checkpoints" / "MobileNetV1_ReIN4" / "last.pth"
+    written = last.stat().st_mtime_ns
+
+    main(args)
+    assert last.stat().st_mtime_ns == written
+
+    main(args + ["--restart"])
+    assert last.stat().st_mtime_ns != written
+
+
+def test_locked_run_folder_is_rejected(subsets, tmp_path, keep_logging):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "1")
+
+    with exclusive_lock(tmp_path / "checkpoints" / "MobileNetV1_ReIN4", "another training job"):
+        with pytest.raises(UserError, match="in use by another training job"):
+            main(args)
+
+
+def test_resume_rejects_changed_learning_rate(subsets, tmp_path, keep_logging):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--seed", "0")
+    main(args + ["--epochs", "1"])
+
+    with pytest.raises(UserError, match="--lr 0.01 -> 0.02"):
+        main(args + ["--epochs", "2", "--lr", "0.02"])
+
+
+def test_same_seed_gives_same_log(subsets, tmp_path, keep_logging):
+    logs = []
+    for name in ("first", "second"):
+        main(run_args(subsets, tmp_path / name, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "2", "--seed", "7"))
+        logs.append(read_rows(tmp_path / name / "checkpoints" / "MobileNetV1_ReIN4" / "log.csv"))
+
+    assert len(logs[0]) == 2
+    assert without_timing(logs[0]) == without_timing(logs[1])
+
+
+def test_trained_network_loads_for_inference(subsets, tmp_path, keep_logging):
+    main(run_args(subsets, tmp_path, "--arch", "ShuffleNetV2", "--subsets", "ReIN3", "--epochs", "1", "--seed", "0"))
+
+    network = load_trained_network(tmp_path / "checkpoints" / "ShuffleNetV2_ReIN3" / "best.pth")
+
+    assert network.class_names == ["pullover", "t-shirt", "trouser"]
+    assert network.preprocessing == Preprocessing(32, 37)
+    assert network.model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_kill_mid_epoch_resumes_where_it_stopped(subsets, tmp_path, keep_logging):
+    common = ["--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "3", "--lr", "0.05",
+              "--lr-step", "1", "--lr-gamma", "0.5", "--seed", "5"]
+    args = run_args(subsets, tmp_path / "killed", *common)
+    folder = tmp_path / "killed" / "checkpoints" / "MobileNetV1_ReIN3"
+
+    killed = run_script(SCRIPT, *args, "--debug-kill-at-step", "6", env=THREADS_ENV)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "epoch 2/3 started" in killed.stderr
+    assert load_checkpoint(folder / "last.pth")["epoch"] == 1
+    assert len(read_rows(folder / "log.csv")) == 1
+
+    resumed = run_script(SCRIPT, *args, env=THREADS_ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1 of 3" in resumed.stderr
+    assert "epoch 1/3 started" not in resumed.stderr
+    assert "epoch 2/3 started, learning rate 0.025" in resumed.stderr
+
+    main(run_args(subsets, tmp_path / "uninterrupted", *common))
+    rows = read_rows(folder / "log.csv")
+    reference = read_rows(tmp_path / "uninterrupted" / "checkpoints" / "MobileNetV1_ReIN3" / "log.csv")
+    assert [(r["epoch"], r["lr"]) for r in rows] == [("1", "0.05"), ("2", "0.025"), ("3", "0.0125")]
+    assert without_timing(rows) == without_timing(reference)
+
+
+def test_nan_loss_stops_run_and_keeps_checkpoint(subsets, tmp_path):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "2", "--seed", "0")
+    folder = tmp_path / "checkpoints" / "MobileNetV1_ReIN3"
+
+    result = run_script(SCRIPT, *args, "--debug-nan-at-step", "6", env=THREADS_ENV)
+
+    assert result.returncode == 1
+    assert "NaN or infinite at epoch 2, step 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert load_checkpoint(folder / "last.pth")["epoch"] == 1
+    assert (folder / "best.pth").is_file()
+    assert len(read_rows(folder / "log.csv")) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def count_correct(checkpoint_path, val_folder) -> tuple[int, int]:
+    """Count top-1 hits of a checkpoint on a folder of validation images, one image at a time."""
+    network = load_trained_network(checkpoint_path)
+    images = load_split(val_folder.parent, val_folder.name, network.preprocessing.val_transform())
+    with torch.inference_mode():
+        hits = sum(int(network.model(image[None]).argmax() == label) for image, label in images)
+    return hits, len(images)
+
+
+def test_torchrun_matches_single_process_bookkeeping(subsets, tmp_path, keep_logging):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "1", "--seed", "0")
+    command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), SCRIPT, *args]
+
+    result = run_script(*command, env=THREADS_ENV)
+
+    assert result.returncode == 0, result.stderr
+    assert "gloo process group of 2 processes" in result.stderr
+    row = read_rows(tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "log.csv")[0]
+    # 36 training images: 18 per process, 4 full batches of 4 each; the 15 validation images are
+    # split 8 + 7 without padding.
+    assert (row["train_images"], row["val_images"]) == ("32", "15")
+    best = tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "best.pth"
+    hits, total = count_correct(best, subsets / "ReIN3" / "val")
+    assert float(row["val_top1"]) == pytest.approx(100 * hits / total, abs=1e-4)
+
+    main(args + ["--evaluate"])
+    evaluation = json.loads((tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "evaluation.json").read_text())
+    assert evaluation["val_images"] == 15
+    assert evaluation["val_top1"] == pytest.approx(float(row["val_top1"]), abs=1e-4)
+    assert evaluation["val_loss"] == pytest.approx(float(row["val_loss"]), rel=1e-4)

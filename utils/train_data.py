@@ -1,0 +1,211 @@
+"""Training data: finding the subsets, decoding and transforming images, sampling and batching.
+
+`make_training_data` is the only entry point of the training loop into the input pipeline: it
+returns loaders that yield ``(images, targets)`` batches. A faster pipeline (GPU decoding, for
+example) can replace it without changes to the loop.
+"""
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from utils.distributed import DistributedContext
+from utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Normalization of the ImageNet-trained torchvision networks, used for every dataset here.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One dataset to train on: a subset, or a full dataset for the baseline column of the results table."""
+
+    name: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Crop sizes in pixels and the normalization of network inputs."""
+
+    image_size: int
+    resize_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def train_transform(self) -> v2.Compose:
+        """Return the training augmentation: random resized crop and horizontal flip."""
+        return v2.Compose([
+            v2.ToImage(),
+            v2.RandomResizedCrop(self.image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
+
+    def val_transform(self) -> v2.Compose:
+        """Return the validation preprocessing: resize of the shorter edge, then a center crop."""
+        return v2.Compose([
+            v2.ToImage(),
+            v2.Resize(self.resize_size, antialias=True),
+            v2.CenterCrop(self.image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
+
+
+def has_splits(folder: Path) -> bool:
+    """Return whether ``folder`` has both train/ and val/ sub-folders."""
+    return (folder / "train").is_dir() and (folder / "val").is_dir()
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ReIN30 before ReIN100 by comparing digit runs as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def find_datasets(data: Path, prefix: str, names: list[str] | None = None) -> list[DatasetSource]:
+    """Find the datasets to train on under ``data``, sorted by name.
+
+    A ``data`` folder with train/ and val/ is one dataset named after the folder. Otherwise each
+    sub-folder named ``<prefix>*`` with train/ and val/ is a subset; when none matches the prefix,
+    every sub-folder with train/ and val/ is. ``names`` selects sub-folders by exact name.
+    """
+    if not data.is_dir():
+        raise UserError(f"--data {data} is not a folder; build the subsets with `python RescaleDataset.py` "
+                        "or point --data at a folder of subsets or at a dataset with train/ and val/")
+    if has_splits(data):
+        found = [DatasetSource(data.name, data)]
+    else:
+        candidates = sorted((p for p in data.iterdir() if has_splits(p)), key=lambda p: natural_key(p.name))
+        matching = [p for p in candidates if fnmatch.fnmatchcase(p.name, f"{prefix}*")]
+        found = [DatasetSource(p.name, p) for p in (matching or candidates)]
+    if names:
+        found = _select_by_name(found, names, data)
+    if not found:
+        raise UserError(
+            f"no subsets found in {data}: looked for {prefix}*/train and {prefix}*/val (or any */train and */val); "
+            "build them with `python RescaleDataset.py`, or point --data at a folder of subsets "
+            "or at one dataset with train/ and val/"
+        )
+    return found
+
+
+def _select_by_name(found: list[DatasetSource], names: list[str], data: Path) -> list[DatasetSource]:
+    by_name = {source.name: source for source in found}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        available = ", ".join(by_name) or "none"
+        raise UserError(f"--subsets {' '.join(missing)} not found in {data}; available: {available}")
+    return [by_name[name] for name in dict.fromkeys(names)]
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``num_replicas``-th index starting at ``rank``, without the padding of DistributedSampler.
+
+    The shards cover each image exactly once, so counts summed over processes are exact.
+    """
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0):
+        self.indices = range(rank, length, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed NumPy in a DataLoader worker from the torch seed that PyTorch gives each worker."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def load_split(root: Path, split: str, transform) -> datasets.ImageFolder:
+    """Open ``root/split`` as an ImageFolder, turning a missing or empty folder into a UserError."""
+    try:
+        return datasets.ImageFolder(root / split, transform=transform)
+    except (FileNotFoundError, OSError) as error:
+        raise UserError(f"{root / split} cannot be read as an ImageFolder tree ({error}); "
+                        "it needs one sub-folder of images per class; rebuild it with `python RescaleDataset.py`") from error
+
+
+def check_same_classes(train: datasets.ImageFolder, val: datasets.ImageFolder, root: Path) -> None:
+    """Raise a UserError unless train/ and val/ have the same class folders."""
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))[:5]
+        only_val = sorted(set(val.classes) - set(train.classes))[:5]
+        raise UserError(f"{root}: train/ and val/ have different class folders (only in train: {only_train}, "
+                        f"only in val: {only_val}); rebuild the subset with `python RescaleDataset.py`")
+
+
+@dataclass
+class TrainingData:
+    """Loaders of one dataset for one process, and the class names in network output order."""
+
+    class_names: list[str]
+    train_loader: DataLoader | None
+    val_loader: DataLoader
+    train_sampler: DistributedSampler | None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of ``epoch``; the order depends only on the seed and the epoch."""
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool) -> DataLoader:
+    """Wrap ``dataset`` in a DataLoader whose workers are seeded from the torch RNG of the calling process."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        worker_init_fn=seed_worker,
+    )
+
+
+def make_training_data(
+    source: DatasetSource,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    workers: int,
+    context: DistributedContext,
+    device: torch.device,
+    seed: int,
+    train: bool = True,
+) -> TrainingData:
+    """Build this process's loaders for ``source``; ``batch_size`` is the total over all processes.
+
+    Training batches come from a DistributedSampler (shuffled with ``seed`` and the epoch). The last
+    incomplete batch is dropped, because batch norm fails on a batch of one image, unless the split
+    has fewer images than one batch. Validation shards cover each image exactly once.
+    """
+    per_process = max(1, batch_size // context.world_size)
+    val_set = load_split(source.root, "val", preprocessing.val_transform())
+    val_loader = make_loader(val_set, ShardSampler(len(val_set), context.world_size, context.rank),
+                             per_process, workers, device, drop_last=False)
+    if not train:
+        return TrainingData(val_set.classes, None, val_loader, None)
+
+    train_set = load_split(source.root, "train", preprocessing.train_transform())
+    check_same_classes(train_set, val_set, source.root)
+    sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
+    drop_last = len(sampler) >= per_process
+    train_loader = make_loader(train_set, sampler, per_process, workers, device, drop_last)
+    log.info("%s: %d classes, %d training and %d validation images", source.name, len(train_set.classes), len(train_set), len(val_set))
+    return TrainingData(train_set.classes, train_loader, val_loader, sampler)

@@ -1,0 +1,108 @@
+"""The command behind Train_ImageNetRescaleSubsets.py and Train_Places365RescaleSubsets.py."""
+
+import argparse
+import logging
+import os
+
+import torch
+
+from models import REFERENCE_ARCHITECTURES, count_parameters
+from utils.cli import setup_logging
+from utils.distributed import DistributedContext, init_distributed, resolve_device, shutdown_distributed
+from utils.errors import UserError
+from utils.results_table import write_results_table
+from utils.train_args import parse_args
+from utils.train_data import find_datasets
+from utils.train_loop import NonFiniteLossError, Precision
+from utils.train_runs import Run, evaluate_run, plan_runs, train_run
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+def print_architectures() -> None:
+    """Print the reference networks with their parameter counts for 1,000 classes."""
+    for arch in REFERENCE_ARCHITECTURES:
+        count = count_parameters(arch, 1000)
+        print(f"{arch:<14} {count / 1e6:7.2f}M parameters ({count:,})")
+
+
+def choose_precision(args: argparse.Namespace, device: torch.device) -> Precision:
+    """Return autocast and memory-format settings: mixed precision and channels-last only on CUDA by default."""
+    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    # NOTE: the CUDA paths (bf16 and fp16 autocast, the gradient scaler, channels-last, NCCL) have not
+    # been run. Compare a short run with --amp none before a long one.
+    if device.type != "cuda":
+        if args.amp != "none":
+            log.info("training in fp32: --amp %s applies to CUDA devices only", args.amp)
+        return Precision(device.type, None, channels_last)
+    if args.amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{torch.cuda.get_device_name(device)} does not support bf16; pass --amp fp16 or --amp none")
+    torch.backends.cudnn.benchmark = True
+    return Precision(device.type, AMP_DTYPES[args.amp], channels_last)
+
+
+def start_processes(args: argparse.Namespace) -> tuple[torch.device, DistributedContext]:
+    """Pick this process's device and join torchrun's process group, if any."""
+    local = DistributedContext(local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(args.device, local)
+    return device, init_distributed(device)
+
+
+def check_batch_size(args: argparse.Namespace, context: DistributedContext) -> None:
+    """Raise a UserError unless the batch splits evenly over the processes."""
+    if args.batch_size % context.world_size:
+        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {context.world_size} processes; "
+                        f"use a multiple of {context.world_size}")
+
+
+def run_all(runs: list[Run], args: argparse.Namespace, context: DistributedContext, device: torch.device,
+            precision: Precision) -> list[str]:
+    """Train or evaluate every run; return the names of runs stopped by a NaN or infinite loss."""
+    failed = []
+    evaluated = 0
+    for index, run in enumerate(runs, start=1):
+        log.info("run %d of %d: %s on %s", index, len(runs), run.arch, run.source.root)
+        if args.evaluate:
+            if evaluate_run(run, args, context, device, precision) is not None:
+                evaluated += 1
+            continue
+        try:
+            train_run(run, args, context, device, precision)
+        except NonFiniteLossError as error:
+            log.error("%s stopped: %s", run.name, error)
+            failed.append(run.name)
+    if args.evaluate and not evaluated:
+        raise UserError(f"no best.pth found for the selected runs in {args.checkpoints}; train them first, "
+                        "or point --checkpoints at the folder they were trained in")
+    if context.is_main and not args.evaluate:
+        results = write_results_table(args.checkpoints, args.results)
+        log.info("results table of %d runs written to %s", len(results), args.results)
+    return failed
+
+
+def main(argv: list[str] | None = None, dataset: str = "ImageNet") -> int:
+    """Train (or with --evaluate, evaluate) every selected network on every selected dataset."""
+    setup_logging()
+    args = parse_args(argv, dataset)
+    if args.verbose:
+        setup_logging(verbose=True)
+    if args.list_archs:
+        print_architectures()
+        return 0
+
+    sources = find_datasets(args.data, args.prefix, args.subsets)
+    runs = plan_runs(args.arch, sources, args.checkpoints)
+    device, context = start_processes(args)
+    try:
+        check_batch_size(args, context)
+        precision = choose_precision(args, device)
+        log.info("%d runs: %s on %s; device %s, %d process(es)", len(runs), ", ".join(args.arch),
+                 ", ".join(source.name for source in sources), device, context.world_size)
+        failed = run_all(runs, args, context, device, precision)
+    finally:
+        shutdown_distributed()
+    if failed:
+        raise UserError(f"{len(failed)} run(s) stopped on a NaN or infinite loss: {', '.join(failed)}; see the errors above")
+    return 0
