@@ -15,6 +15,7 @@ from torchvision import models as tv
 from models.inception_v4 import MIN_INPUT_SIZE as INCEPTION_V4_MIN_INPUT_SIZE
 from models.inception_v4 import InceptionV4
 from models.mafnet import MAFNet
+from models.fashion_mnist_cnn import FashionMNISTCNN
 from models.mobilenet_v1 import MobileNetV1
 from models.shufflenet_v1 import ShuffleNetV1
 from utils.errors import UserError
@@ -82,3 +83,5 @@ register_architecture("ResNet18", lambda n: tv.resnet18(weights=None, num_classe
 register_architecture("GoogLeNet", _googlenet, reference=True)
 register_architecture("InceptionV4", InceptionV4, min_input_size=INCEPTION_V4_MIN_INPUT_SIZE, reference=True)
 register_architecture("VGG16", lambda n: tv.vgg16(weights=None, num_classes=n), reference=True)
+# The Fashion-MNIST demo's pretrained network; trainable by name, not part of the reference table.
+register_architecture("fashion_mnist_cnn", FashionMNISTCNN, min_input_size=8)

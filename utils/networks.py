@@ -200,11 +200,10 @@ def _efficientnet_lite0() -> PretrainedNetwork:
 
 def _project_checkpoint(path: Path, trust: bool, expected_arch: str | None = None) -> PretrainedNetwork:
     """Load a checkpoint written by the training scripts (architecture, class names, preprocessing)."""
-    from models import build_model
+    from utils.train_checkpoint import REQUIRED_KEYS, network_from_checkpoint
 
     checkpoint = load_checkpoint(path, trust=trust)
-    required = ("model", "arch", "class_names", "image_size", "resize_size", "mean", "std")
-    missing = [k for k in required if not isinstance(checkpoint, dict) or k not in checkpoint]
+    missing = [k for k in REQUIRED_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise UserError(
             f"{path} is not a checkpoint of this project's training scripts (missing {', '.join(missing)}); "
@@ -212,14 +211,12 @@ def _project_checkpoint(path: Path, trust: bool, expected_arch: str | None = Non
         )
     if expected_arch and checkpoint["arch"] != expected_arch:
         raise UserError(f"{path} holds a {checkpoint['arch']} network, not {expected_arch}; set --model {checkpoint['arch']}")
-    class_names = list(checkpoint["class_names"])
-    module = build_model(checkpoint["arch"], len(class_names))
-    load_state_dict_strictly(module, extract_state_dict(checkpoint, path), str(path))
+    trained = network_from_checkpoint(checkpoint, str(path))
     preprocessing = Preprocessing(
-        resize=int(checkpoint["resize_size"]),
-        crop=int(checkpoint["image_size"]),
-        mean=tuple(checkpoint["mean"]),
-        std=tuple(checkpoint["std"]),
+        resize=trained.preprocessing.resize_size,
+        crop=trained.preprocessing.image_size,
+        mean=trained.preprocessing.mean,
+        std=trained.preprocessing.std,
     )
-    identity = {"kind": "project", "model": checkpoint["arch"], "weights": path.name, "sha256": file_digest(path)}
-    return PretrainedNetwork(module, class_names, preprocessing, identity)
+    identity = {"kind": "project", "model": trained.arch, "weights": path.name, "sha256": file_digest(path)}
+    return PretrainedNetwork(trained.model, trained.class_names, preprocessing, identity)

@@ -134,9 +134,13 @@ class TrainedNetwork:
 
 def load_trained_network(path: Path) -> TrainedNetwork:
     """Build the network stored in the run checkpoint ``path`` and load its weights strictly."""
-    checkpoint = load_run_checkpoint(path, training=False)
+    return network_from_checkpoint(load_run_checkpoint(path, training=False), str(path))
+
+
+def network_from_checkpoint(checkpoint: dict, source: str) -> TrainedNetwork:
+    """Build the network a loaded run checkpoint describes and load its weights strictly."""
     model = build_model(checkpoint["arch"], checkpoint["num_classes"])
-    load_state_dict_strictly(model, checkpoint["model"], str(path))
+    load_state_dict_strictly(model, checkpoint["model"], source)
     model.eval()
     preprocessing = Preprocessing(
         image_size=int(checkpoint["image_size"]),

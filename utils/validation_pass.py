@@ -6,6 +6,7 @@ cover the split; rank 0 gathers the shards and orders them by image index.
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -130,7 +131,11 @@ def run_validation_pass(
     workers: int,
     topk: int,
 ) -> Outcomes | None:
-    """Run the network over the images whose label is known; return the outcomes on rank 0, None elsewhere."""
+    """Run the network over the images whose label is known; return the outcomes on rank 0, None elsewhere.
+
+    DataLoader workers are capped at the CPUs this process may use, because more only add overhead.
+    """
+    workers = min(workers, len(os.sched_getaffinity(0)))
     candidates = np.flatnonzero(labels >= 0)
     shard = candidates[context.rank::context.world_size].tolist()
     log.info("validation pass: %d images on %s in %d process(es), batch %d, %d workers", len(candidates), device, context.world_size, batch_size, workers)
