@@ -163,15 +163,28 @@ def write_subset_report(result: SubsetResult, stats: Statistics, folder: Path, c
 
 
 SUMMARY_HEADER = ["subset", "classes", "source", "jaccard_with_selected"] + FIGURE_HEADER
+FIGURE_NAMES = ("mean_class_accuracy", "within_confusion", "restricted_top1")
+SUMMARY_CSV_HEADER = ["subset", "classes", "source", "jaccard_with_selected"] + [
+    f"{prefix}{name}" for name in FIGURE_NAMES for prefix in ("", "random_mean_", "random_std_")
+]
+
+
+def _figure_numbers(result: SubsetResult) -> list[str]:
+    values = []
+    for name in FIGURE_NAMES:
+        for figures in (result.figures, result.baseline.mean, result.baseline.std):
+            values.append(f"{getattr(figures, name):.6f}")
+    return values
 
 
 def write_summary(results: list[SubsetResult], folder: Path, context: str) -> None:
-    """Write `summary.md` and `summary.csv`: the challenge figures of every subset side by side."""
-    rows = []
+    """Write `summary.md` (percentages) and `summary.csv` (fractions): every subset's challenge figures."""
+    rows, numbers = [], []
     for result in results:
         overlap = "" if result.overlap is None else f"{result.overlap:.2f}"
         rows.append([result.name, str(len(result.classes)), result.source, overlap] + _figure_cells(result))
-    _write_csv(folder / "summary.csv", SUMMARY_HEADER, rows)
+        numbers.append([result.name, str(len(result.classes)), result.source, overlap] + _figure_numbers(result))
+    _write_csv(folder / "summary.csv", SUMMARY_CSV_HEADER, numbers)
     write_text_atomically(folder / "summary.md", f"# Rescaled subsets\n\n{context}\n\n" + markdown_table(SUMMARY_HEADER, rows))
     for row in rows:
         log.info("%s: %s classes, mean class accuracy %s%% (random %s), within-subset confusion %s%% (random %s)", row[0], row[1], row[4], row[5], row[6], row[7])

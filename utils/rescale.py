@@ -175,7 +175,10 @@ def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: D
 def describe(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -> str:
     """One paragraph that says where the figures of a report come from."""
     network = outcomes.meta.get("network") or {}
-    source = ", ".join(f"{k} {v}" for k, v in network.items() if k in ("model", "weights")) or outcomes.meta.get("source", "imported outcomes")
+    source = ", ".join(f"{k} {v}" for k, v in network.items() if k in ("model", "weights"))
+    if not source:
+        origin = outcomes.meta.get("source", "")
+        source = f"imported from {Path(origin.removeprefix('import:')).name}" if origin else "imported outcomes"
     accuracy = stats.top1_correct.sum() / max(stats.images.sum(), 1)
     skipped = len(outcomes.skipped)
     return (

@@ -1,0 +1,107 @@
+"""The offline demo end to end: `python RescaleDataset.py --dataset FashionMNIST` on real images.
+
+The run writes the 70,000-image tree, trains the demo CNN, runs the three stages and builds ReFM4
+and ReFM6, all inside a temporary folder. A reduced version of the training comparison then checks
+that ReFM4 is harder than random 4-class subsets.
+"""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.helpers import run_script, tree_digest
+from utils.fashion_mnist import DEBIAN_FOLDER
+
+UPPER_BODY = {"T-shirt_top", "Pullover", "Dress", "Coat", "Shirt"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    if not DEBIAN_FOLDER.is_dir():
+        pytest.fail(f"{DEBIAN_FOLDER} is missing; install Debian's dataset-fashion-mnist package (.ci/run does)")
+    raw_before = tree_digest(DEBIAN_FOLDER)
+    base = tmp_path_factory.mktemp("demo")
+    paths = {"data": base / "FashionMNIST", "results": base / "results", "out": base / "subsets", "weights": base / "network" / "cnn.pth"}
+    args = ["RescaleDataset.py", "--dataset", "FashionMNIST"] + [f"--{k}={v}" for k, v in paths.items()] + ["--workers", "2"]
+    first = run_script(*args, timeout=900)
+    second = run_script(*args, timeout=300)
+    return paths, first, second, raw_before
+
+
+def test_first_run_succeeds(demo):
+    _, first, _, _ = demo
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "training it on the Fashion-MNIST training split" in first.stderr
+
+
+def test_refm4_is_upper_body_with_shirt_and_tshirt(demo):
+    paths, _, _, _ = demo
+    classes = set((paths["results"] / "ReFM4.txt").read_text().split())
+    assert len(classes) == 4
+    assert classes <= UPPER_BODY
+    assert {"Shirt", "T-shirt_top"} <= classes
+
+
+def test_refm6_has_six_classes(demo):
+    paths, _, _, _ = demo
+    assert len((paths["results"] / "ReFM6.txt").read_text().split()) == 6
+
+
+def test_demo_network_reaches_88_percent(demo):
+    paths, _, _, _ = demo
+    checkpoint = torch.load(paths["weights"], map_location="cpu", weights_only=True)
+    assert checkpoint["best_top1"] >= 88.0
+    assert checkpoint["class_names"][0] == "T-shirt_top"
+
+
+def test_image_tree_has_every_image(demo):
+    paths, _, _, _ = demo
+    counts = {split: sum(1 for _ in (paths["data"] / split).rglob("*.png")) for split in ("train", "val")}
+    assert counts == {"train": 60000, "val": 10000}
+
+
+def test_subsets_built_as_image_folders(demo):
+    paths, _, _, _ = demo
+    for name, size in (("ReFM4", 4), ("ReFM6", 6)):
+        manifest = json.loads((paths["out"] / name / "subset.json").read_text())
+        assert len(manifest["classes"]) == size
+        for split, per_class in (("train", 6000), ("val", 1000)):
+            folders = sorted(p.name for p in (paths["out"] / name / split).iterdir())
+            assert folders == sorted(manifest["classes"])
+            assert all(sum(1 for _ in (paths["out"] / name / split / f).iterdir()) == per_class for f in folders)
+
+
+def test_reports_written(demo):
+    paths, _, _, _ = demo
+    for name in ("summary.md", "reports/ReFM4.md", "reports/ReFM6.csv", "List_file_rescale.txt", "statistics/per_class.csv"):
+        assert (paths["results"] / name).is_file(), name
+
+
+def test_second_run_reuses_everything(demo):
+    _, _, second, _ = demo
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "image tree already at" in second.stderr
+    assert "reusing the validation outcomes" in second.stderr
+    assert "training it" not in second.stderr
+    assert second.stderr.count("complete and verified, skipped") == 2
+
+
+def test_raw_files_unchanged(demo):
+    _, _, _, raw_before = demo
+    assert tree_digest(DEBIAN_FOLDER) == raw_before
+
+
+def test_refm4_harder_than_random_subsets(demo, tmp_path):
+    paths, first, _, _ = demo
+    assert first.returncode == 0
+    run = run_script(
+        "-m", "utils.fashion_mnist_challenge", "--data", str(paths["data"]), "--lists", str(paths["results"]),
+        "--out", str(tmp_path), "--arch", "ResNet18", "--epochs", "2", "--batch-size", "32", "--lr", "0.02",
+        "--train-per-class", "300", "--val-per-class", "100", timeout=900, env={"OMP_NUM_THREADS": "2"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "challenge.csv", newline="") as stream:
+        row = next(csv.DictReader(stream))
+    assert float(row["gap (points)"]) >= 5.0
