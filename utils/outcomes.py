@@ -193,7 +193,7 @@ def _import_csv(path: Path) -> Outcomes:
                 raise UserError(f"{path}, line {number}: expected path, true class, predicted class[, probability], got {len(row)} columns")
             rows.append((number, row))
     if not rows:
-        raise UserError(f"{path} holds no outcomes; expected rows of path, true class, predicted class[, probability]")
+        raise UserError(f"{path} contains no outcomes; expected rows of path, true class, predicted class[, probability]")
     names = sorted({row[1] for _, row in rows} | {row[2] for _, row in rows})
     index = {name: i for i, name in enumerate(names)}
     has_probs = all(len(row) == 4 for _, row in rows)

@@ -108,7 +108,7 @@ def expected_meta(settings: RescaleSettings, network, fingerprint: str, layout: 
     }
 
 
-def reuse_reason(stored: dict, wanted: dict, topk: int) -> str | None:
+def reuse_reason(stored: dict, expected: dict, topk: int) -> str | None:
     """Return why stored outcomes cannot be reused, or None when they can."""
     checks = [
         ("network", "a different network"),
@@ -117,15 +117,15 @@ def reuse_reason(stored: dict, wanted: dict, topk: int) -> str | None:
         ("skipped_classes", "a different set of skipped classes"),
     ]
     for key, text in checks:
-        if stored.get(key) != wanted[key]:
+        if stored.get(key) != expected[key]:
             return f"they were computed with {text}"
     if stored.get("topk", 0) < topk:
         return f"they keep top-{stored.get('topk')} predictions and top-{topk} were requested"
     return None
 
 
-def find_reusable(path: Path, wanted: dict, topk: int) -> Outcomes | None:
-    """Load stored outcomes that match ``wanted``; log why they are not reused otherwise."""
+def find_reusable(path: Path, expected: dict, topk: int) -> Outcomes | None:
+    """Load stored outcomes that match ``expected``; log why they are not reused otherwise."""
     if not path.is_file():
         return None
     try:
@@ -133,7 +133,7 @@ def find_reusable(path: Path, wanted: dict, topk: int) -> Outcomes | None:
     except UserError as error:
         log.warning("%s; running the validation pass again", error)
         return None
-    reason = reuse_reason(stored.meta, wanted, topk)
+    reason = reuse_reason(stored.meta, expected, topk)
     if reason:
         log.info("not reusing %s: %s; running the validation pass again", path, reason)
         return None
@@ -158,22 +158,22 @@ def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: D
 
     path = settings.results / OUTCOMES_FILE
     stored = None
-    wanted = None
+    expected = None
     if context.is_main:
-        wanted = expected_meta(settings, network, fingerprint_split(split), layout, unknown)
-        stored = None if settings.recompute else find_reusable(path, wanted, settings.topk)
+        expected = expected_meta(settings, network, fingerprint_split(split), layout, unknown)
+        stored = None if settings.recompute else find_reusable(path, expected, settings.topk)
     if broadcast_from_main(stored is not None, context):
         return stored
 
     outcomes = run_validation_pass(network, split, labels, device, context, settings.batch_size, settings.workers, settings.topk)
     if context.is_main:
-        outcomes.meta.update(wanted, created=now_iso(), source="validation-pass")
+        outcomes.meta.update(expected, created=now_iso(), source="validation-pass")
         save_outcomes(outcomes, path)
     return outcomes
 
 
 def describe(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -> str:
-    """One paragraph that says where the figures of a report come from."""
+    """Return one paragraph that states where the figures of a report come from."""
     network = outcomes.meta.get("network") or {}
     source = ", ".join(f"{k} {v}" for k, v in network.items() if k in ("model", "weights"))
     if not source:

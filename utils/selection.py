@@ -4,7 +4,7 @@ The default strategy, 'sensitive-confused', is the rescaling method. With n_c va
 of class c, e_c its top-1 error rate and m(c, j) = C[c, j] + C[j, c] the images confused
 between c and j in either direction (C is the confusion matrix):
 
-1. Rank the classes that have validation images by e_c (highest first); ties go to the higher
+1. Rank the classes that have validation images by e_c, highest first. Ties go to the higher
    top-5 error, then to the class name in alphabetical order.
 2. Walk the ranking. Each class c joins the subset if it is not in it yet, then brings in its
    partners: every class j with m(c, j) >= tau * n_c, largest m(c, j) first (ties by name).

@@ -1,4 +1,4 @@
-"""Per-class statistics of validation outcomes: accuracy, confusions and sensitive images.
+"""Per-class statistics of validation outcomes: accuracy and confusions between classes.
 
 Confusions are kept as sparse (true, predicted, count) triples, so 21,841 classes cost memory
 in proportion to the confused pairs that occur, not to the square of the class count.
