@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import SHARED, run_script
+from tests.helpers import SHARED, run_script, tree_digest
 
 REFERENCE = SHARED / "reference" / "imagenet_val_outcomes"
 
@@ -112,3 +112,37 @@ def test_random_strategy_differs_from_method(tmp_path):
     control = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path / "r"), "--sizes", "30", "--random-baselines", "5", "--strategy", "random")
     assert method.returncode == 0 and control.returncode == 0
     assert (tmp_path / "m" / "ReIN30.txt").read_text() != (tmp_path / "r" / "ReIN30.txt").read_text()
+
+
+def test_lists_build_published_subsets_without_network(tmp_path):
+    from tests.dataset_trees import make_imagenet_tree
+
+    published = SHARED / "reference" / "published_subsets" / "ImageNet"
+    wnids = sorted(set((published / "ReIN30.txt").read_text().split()))
+    root = make_imagenet_tree(tmp_path / "imagenet", "devkit-tar", wnids, train_per_class=1, val_per_class=1)
+    before = tree_digest(root)
+    run = run_script(
+        "RescaleDataset.py", "--data", str(root), "--lists", str(published / "ReIN30.txt"),
+        "--out", str(tmp_path / "subsets"), "--mode", "hardlink", "--results", str(tmp_path / "results"),
+    )
+    assert run.returncode == 0, run.stderr
+    assert "network:" not in run.stderr
+    assert "validation pass" not in run.stderr
+    built = tmp_path / "subsets" / "ReIN30"
+    assert sorted(p.name for p in (built / "train").iterdir()) == wnids
+    assert sorted(p.name for p in (built / "val").iterdir()) == wnids
+    assert not (tmp_path / "results" / "outcomes.npz").exists()
+    assert tree_digest(root) == before
+
+
+def test_lists_unknown_entry_names_closest(tmp_path):
+    from tests.dataset_trees import make_imagenet_tree
+
+    root = make_imagenet_tree(tmp_path / "imagenet", "val-folders", ["n01440764", "n01443537"], 1, 1)
+    listing = tmp_path / "mine.txt"
+    listing.write_text("n01440764\nn01443573\n")
+    run = run_script("RescaleDataset.py", "--data", str(root), "--lists", str(listing), "--out", str(tmp_path / "subsets"), "--results", str(tmp_path / "r"))
+    assert_clean_failure(run)
+    assert "n01443573" in run.stderr
+    assert "n01443537" in run.stderr
+    assert not (tmp_path / "subsets" / "mine").exists()
