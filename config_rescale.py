@@ -1,7 +1,8 @@
 """Settings for RescaleDataset.py and the training scripts.
 
 Edit the values below, or override any of them on the command line (`python RescaleDataset.py --help`).
-Relative paths are resolved against the folder of this file.
+Relative paths are resolved against the folder of this file. To use another configuration, copy this
+file and set the environment variable RESCALE_CONFIG to the path of the copy.
 """
 
 # Dataset to rescale: 'ImageNet', 'Places365', 'FashionMNIST' (the offline demo) or 'ImageFolder'.

@@ -1,34 +1,78 @@
 """Writing output files so that a killed run never leaves a half-written file under the final name."""
 
 import fcntl
+import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import UserError
 
+log = logging.getLogger(__name__)
+
+# Names that `tempfile.mkstemp` gives the temporary files below: `.<name>.<8 random characters>.tmp`.
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
 
 @contextmanager
 def atomic_output(path: Path, mode: str = "w", **open_kwargs):
-    """Open a temporary file beside ``path`` for writing, and rename it to ``path`` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Open a temporary file beside ``path`` for writing, and rename it to ``path`` on success.
+
+    Text is written with ``errors="surrogateescape"`` unless the caller sets ``errors``, so a file
+    name that is not valid UTF-8 is written as its original bytes instead of failing the write.
+    Raises UserError naming ``path`` when the write fails, for example on a full disk. The previous
+    file under ``path``, if any, is then left as it was.
+    """
+    if "b" not in mode:
+        open_kwargs.setdefault("errors", "surrogateescape")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise write_error(path, error) from error
     try:
         with os.fdopen(handle, mode, **open_kwargs) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise write_error(path, error) from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_error(path: Path, error: OSError) -> UserError:
+    """Return the UserError for a failed write of ``path``."""
+    return UserError(
+        f"writing {path} failed: {error.strerror or error}; free disk space or fix the permissions of "
+        f"{path.parent}, then run again (the previous {path.name}, if any, is unchanged)"
+    )
 
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write UTF-8 text with LF line endings to ``path`` atomically."""
     with atomic_output(path, "w", encoding="utf-8", newline="\n") as stream:
         stream.write(text)
+
+
+def remove_stale_temporaries(*folders: Path) -> None:
+    """Delete the temporary files that a killed `atomic_output` left directly inside ``folders``.
+
+    Call it only while holding the folder's `exclusive_lock`, so that no running writer owns them.
+    """
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        stale = [path for path in folder.iterdir() if TEMPORARY_NAME.fullmatch(path.name) and path.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d temporary files that an interrupted run left in %s", len(stale), folder)
 
 
 @contextmanager
@@ -38,9 +82,15 @@ def exclusive_lock(folder: Path, purpose: str):
     The lock is an advisory `flock` on `<folder>/.lock`; the kernel releases it when the process
     ends, so a killed run never leaves a stale lock behind.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / ".lock"
-    stream = open(lock_path, "a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stream = open(lock_path, "a+")
+    except OSError as error:
+        raise UserError(
+            f"cannot create the lock file {lock_path}: {error.strerror or error}; "
+            f"choose a folder you can write to instead of {folder}"
+        ) from error
     try:
         try:
             fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

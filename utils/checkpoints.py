@@ -1,45 +1,91 @@
 """Loading untrusted checkpoint files safely and strictly, and writing checkpoints atomically."""
 
 import logging
-import os
 import pickle
-import tempfile
+import re
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from utils.atomic import atomic_output
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 MAX_LISTED_MISMATCHES = 8
+# Batch-norm step counters. Checkpoints of older PyTorch versions lack them, and batch norm's
+# `_load_from_state_dict` sets them to 0 when the state dict has no version metadata, which the
+# prefix-stripped copies loaded here never have. So their absence is no mismatch.
+BATCH_COUNTER_SUFFIX = "num_batches_tracked"
+# The old DenseNet key names, `denselayer1.norm.1.weight` where torchvision now has
+# `denselayer1.norm1.weight`; torchvision's own DenseNet weight files still use them.
+LEGACY_DENSENET_KEY = re.compile(r"\.(norm|relu|conv)\.([12])\.")
+DAMAGED_FIX = "download or write it again"
+# The message of weights_only loading for a global it does not allow. Every pickle that runs code
+# must name a function through a GLOBAL, so every such file is rejected with this message.
+REJECTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL|unsupported GLOBAL .* is blocked")
 
 
-def load_checkpoint(path: Path, trust: bool = False) -> dict:
+def load_checkpoint(path: Path, trust: bool = False, fix: str | None = None) -> dict:
     """Load a checkpoint on the CPU with ``weights_only=True`` unless ``trust`` is set.
 
     ``trust`` allows full unpickling, which can run arbitrary code from the file, so it logs a
-    warning and must only be used for files from a trusted source.
+    warning and must only be used for files from a trusted source. Raises UserError for a missing,
+    damaged or rejected file; ``fix`` replaces the advice at the end of that message.
     """
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; check the path")
+    check_zip_records(path, fix)
     if trust:
         log.warning("loading %s with full unpickling (--trust-checkpoint): this can run code stored in the file", path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        if not trust:
+        reason = _unpickler_reason(error)
+        if not trust and REJECTED_GLOBAL.search(reason):
             raise UserError(
-                f"checkpoint {path} holds objects that weights_only loading rejects ({_first_line(error)}); "
-                "if you trust its source, pass --trust-checkpoint to unpickle it fully"
+                f"checkpoint {path} contains objects that weights_only loading rejects ({reason}); "
+                + (fix or "if you trust its source, pass --trust-checkpoint to unpickle it fully")
             ) from error
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file: {_first_line(error)}") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ModuleNotFoundError) as error:
-        raise UserError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file ({_first_line(error)}); download or write it again") from error
+        raise UserError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file ({reason}); {fix or DAMAGED_FIX}") from error
+    except Exception as error:  # damaged files make torch.load raise KeyError, IndexError, RuntimeError, EOFError, ValueError, ...
+        raise UserError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file ({_first_line(error)}); {fix or DAMAGED_FIX}") from error
     return obj
+
+
+def check_zip_records(path: Path, fix: str | None = None) -> None:
+    """Raise UserError when a zip-format checkpoint has a record whose CRC-32 does not match its data.
+
+    `torch.load` does not check the CRC-32 that `torch.save` stores for every record, so a flipped
+    byte inside a tensor would load silently as a wrong weight. Records stored with a CRC-32 of
+    zero (written with `torch.serialization.set_crc32_options(False)`) cannot be checked. Files in
+    the legacy (non-zip) format of PyTorch before 1.6 are left to `torch.load`.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for record in archive.infolist():
+                if record.CRC == 0:
+                    continue
+                with archive.open(record) as stream:
+                    while stream.read(1 << 24):
+                        pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise UserError(f"checkpoint {path} is corrupt ({_first_line(error)}); {fix or DAMAGED_FIX}") from error
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """Return the unpickler's own message, which torch.load chains under a long text of advice.
+
+    For example "Unsupported global: GLOBAL io.open was not an allowed global by default" for a
+    file that would run code, or "Unsupported operand 0" for bytes that are no pickle at all.
+    """
+    inner = error.__context__ if isinstance(error.__context__, pickle.UnpicklingError) else error
+    return _first_line(inner).split(". ")[0]
 
 
 def _first_line(error: BaseException) -> str:
@@ -75,10 +121,14 @@ def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights into ``model`` or raise an error listing the first key and shape mismatches."""
+    """Load weights into ``model`` or raise an error listing the first key and shape mismatches.
+
+    Only the batch-norm counters `num_batches_tracked` may be missing, because `load_state_dict`
+    sets them to 0 (see BATCH_COUNTER_SUFFIX).
+    """
     state_dict = strip_wrapper_prefixes(state_dict)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    missing = [k for k in expected if k not in state_dict and not k.endswith(BATCH_COUNTER_SUFFIX)]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)}, network {tuple(v.shape)}"
@@ -92,26 +142,21 @@ def load_state_dict_strictly(model: nn.Module, state_dict: dict[str, torch.Tenso
                 shown = ", ".join(items[:MAX_LISTED_MISMATCHES])
                 more = f" and {len(items) - MAX_LISTED_MISMATCHES} more" if len(items) > MAX_LISTED_MISMATCHES else ""
                 lines.append(f"{len(items)} {title}: {shown}{more}")
-        raise UserError(
-            f"weights in {source} do not match the network {type(model).__name__}; " + "; ".join(lines)
-            + ". Check that the architecture and the number of classes match the checkpoint"
-        )
+        advice = "Check that the architecture and the number of classes match the checkpoint"
+        if any(LEGACY_DENSENET_KEY.search(key) for key in unexpected):
+            advice = (
+                "The checkpoint uses the old DenseNet key names of torchvision; rename keys such as "
+                "norm.1, relu.1 and conv.1 to norm1, relu1 and conv1 (likewise for .2), save it again and pass the new file"
+            )
+        raise UserError(f"weights in {source} do not match the network {type(model).__name__}; " + "; ".join(lines) + f". {advice}")
     model.load_state_dict(state_dict, strict=True)
 
 
 def save_atomically(obj, path: Path) -> None:
     """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    A run killed mid-write leaves the previous file intact and at most a stray temporary file.
+    A run killed mid-write leaves the previous file intact and at most a stray temporary file. A
+    failed write, such as on a full disk, raises UserError and also leaves the previous file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "wb") as stream:
+        torch.save(obj, stream)

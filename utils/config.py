@@ -1,10 +1,14 @@
 """Reading and checking `config_rescale.py`, the plain-values configuration of the project.
 
 The module is imported, never exec'd. Every value is type-checked here so that a typo in the file
-is reported with the key, the value and the expected type instead of failing later.
+is reported with the key, the value and the expected type instead of failing later. The scripts
+read `config_rescale.py` in the project folder, or the file named by the environment variable
+RESCALE_CONFIG; relative paths in it are resolved against the folder of the file read.
 """
 
+import difflib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +17,7 @@ from utils.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = PROJECT_ROOT / "config_rescale.py"
+CONFIG_ENV = "RESCALE_CONFIG"
 
 DATASETS = ("ImageNet", "Places365", "FashionMNIST", "ImageFolder")
 STRATEGIES = ("sensitive-confused", "lowest-accuracy", "random")
@@ -57,8 +62,9 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    """All values of `config_rescale.py`."""
+    """All values of `config_rescale.py`, and the folder that relative paths in it are resolved against."""
 
+    folder: Path
     default_dataset: str
     datasets: dict[str, DatasetConfig]
     batch_size: int
@@ -78,9 +84,16 @@ def resolve_path(value: str, base: Path = PROJECT_ROOT) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def config_file() -> Path:
+    """Return the configuration file to read: $RESCALE_CONFIG if set, else `config_rescale.py`."""
+    value = os.environ.get(CONFIG_ENV)
+    return resolve_path(value, Path.cwd()) if value else CONFIG_FILE
+
+
 def _import_config(path: Path) -> ModuleType:
     if not path.is_file():
-        raise UserError(f"configuration file {path} not found; restore it from the repository")
+        fix = f"fix or unset {CONFIG_ENV}" if path != CONFIG_FILE else "restore it from the repository"
+        raise UserError(f"configuration file {path} not found; {fix}")
     spec = importlib.util.spec_from_file_location("config_rescale", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -95,13 +108,18 @@ def _type_name(expected) -> str:
     return " or ".join("None" if t is type(None) else t.__name__ for t in types)
 
 
-def _check_type(where: str, value, expected) -> None:
+def _check_type(source: Path, where: str, value, expected) -> None:
     types = expected if isinstance(expected, tuple) else (expected,)
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
-        raise UserError(f"{CONFIG_FILE.name}: {where} must be {_type_name(expected)}, got {value!r}")
+        raise UserError(f"{source}: {where} must be {_type_name(expected)}, got {value!r}; fix the value in the file")
+
+
+def _closest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_sizes(sizes, where: str) -> tuple[int, ...]:
@@ -118,50 +136,59 @@ def check_sizes(sizes, where: str) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def _dataset_config(module: ModuleType, name: str) -> DatasetConfig:
+def _dataset_config(module: ModuleType, name: str, source: Path) -> DatasetConfig:
     values = getattr(module, name, None)
     if not isinstance(values, dict):
-        raise UserError(f"{CONFIG_FILE.name}: {name} must be a dict with keys {', '.join(DATASET_KEYS)}")
-    unknown = sorted(set(values) - set(DATASET_KEYS))
+        raise UserError(f"{source}: {name} must be a dict with keys {', '.join(DATASET_KEYS)}")
+    unknown = sorted(str(key) for key in set(values) - set(DATASET_KEYS))
     if unknown:
-        raise UserError(f"{CONFIG_FILE.name}: unknown key {unknown[0]!r} in {name}; valid keys: {', '.join(DATASET_KEYS)}")
+        raise UserError(
+            f"{source}: unknown key {unknown[0]!r} in {name}{_closest(unknown[0], DATASET_KEYS)}; "
+            f"valid keys: {', '.join(DATASET_KEYS)}"
+        )
     missing = sorted(set(DATASET_KEYS) - set(values))
     if missing:
-        raise UserError(f"{CONFIG_FILE.name}: {name} lacks the key {missing[0]!r}")
+        raise UserError(f"{source}: {name} lacks the key {missing[0]!r}")
     for key, expected in DATASET_KEYS.items():
-        _check_type(f"{name}[{key!r}]", values[key], expected)
+        _check_type(source, f"{name}[{key!r}]", values[key], expected)
+    base = source.parent
     return DatasetConfig(
         name=name,
-        root=resolve_path(values["root"]),
-        results=resolve_path(values["results"]),
-        subsets=resolve_path(values["subsets"]),
+        root=resolve_path(values["root"], base),
+        results=resolve_path(values["results"], base),
+        subsets=resolve_path(values["subsets"], base),
         prefix=values["prefix"],
-        sizes=check_sizes(values["sizes"], f"{CONFIG_FILE.name}: {name}['sizes']"),
+        sizes=check_sizes(values["sizes"], f"{source}: {name}['sizes']"),
         model=values["model"],
         weights=values["weights"],
     )
 
 
-def load_config(path: Path = CONFIG_FILE) -> ProjectConfig:
-    """Import and check the configuration file."""
+def load_config(path: Path | None = None) -> ProjectConfig:
+    """Import and check the configuration file, by default the one `config_file` names."""
+    path = path or config_file()
     module = _import_config(path)
-    for key, expected in GLOBAL_KEYS.items():
-        if not hasattr(module, key):
-            raise UserError(f"{path.name} lacks the setting {key!r}; restore it from the repository")
-        _check_type(key, getattr(module, key), expected)
     known = set(GLOBAL_KEYS) | set(DATASETS)
     unknown = sorted(k for k in vars(module) if not k.startswith("_") and k not in known and not isinstance(getattr(module, k), ModuleType))
     if unknown:
-        raise UserError(f"{path.name}: unknown setting {unknown[0]!r}; valid settings: {', '.join(sorted(known))}")
+        raise UserError(
+            f"{path}: unknown setting {unknown[0]!r}{_closest(unknown[0], known)}; "
+            f"valid settings: {', '.join(sorted(known))}"
+        )
+    for key, expected in GLOBAL_KEYS.items():
+        if not hasattr(module, key):
+            raise UserError(f"{path} lacks the setting {key!r}; restore it from the repository")
+        _check_type(path, key, getattr(module, key), expected)
     if module.DataRescale not in DATASETS:
-        raise UserError(f"{path.name}: DataRescale = {module.DataRescale!r} is not a dataset; choose one of {', '.join(DATASETS)}")
+        raise UserError(f"{path}: DataRescale = {module.DataRescale!r} is not a dataset; choose one of {', '.join(DATASETS)}")
     if module.strategy not in STRATEGIES:
-        raise UserError(f"{path.name}: strategy = {module.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+        raise UserError(f"{path}: strategy = {module.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
     if module.mode not in MODES:
-        raise UserError(f"{path.name}: mode = {module.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        raise UserError(f"{path}: mode = {module.mode!r} is unknown; choose one of {', '.join(MODES)}")
     return ProjectConfig(
+        folder=path.parent,
         default_dataset=module.DataRescale,
-        datasets={name: _dataset_config(module, name) for name in DATASETS},
+        datasets={name: _dataset_config(module, name, path) for name in DATASETS},
         batch_size=module.batch_size,
         workers=module.workers,
         device=module.device,

@@ -71,28 +71,61 @@ class Layout:
 def list_class_folder(folder: Path, relative_to: Path) -> list[str]:
     """List the image files under one class folder, recursively and sorted, as POSIX relative paths.
 
-    Symbolic links to files and folders are followed; a link that leads back into a folder already
-    being walked is skipped, so a link loop ends the walk instead of recursing forever.
+    Symbolic links to files and folders are followed. A link to a folder that contains the link (a
+    link loop, such as `val/cat/up -> ..`) is skipped with a warning, because following it would
+    list other classes' images under this class. A second way into a folder already listed is
+    skipped too, so every image is listed once. Raises UserError for a folder that cannot be read.
     """
+    if is_link_loop(folder):
+        log.warning("skipping %s: it is a symbolic link to %s, which contains the link", folder, os.path.realpath(folder))
+        return []
     found = []
-    seen = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            log.warning("skipping %s: a symbolic link loop leads back to %s", dirpath, real)
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames.sort()
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=raise_unreadable):
+        kept = []
+        for name in sorted(dirnames):
+            path = os.path.join(dirpath, name)
+            real = os.path.realpath(path)
+            if is_link_loop(path):
+                log.warning("skipping %s: it is a symbolic link to %s, which contains the link", path, real)
+            elif real in seen:
+                log.warning("skipping %s: it leads to %s, whose images are already listed", path, real)
+            else:
+                seen.add(real)
+                kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if is_image_file(name):
                 found.append(Path(dirpath, name).relative_to(relative_to).as_posix())
     return found
 
 
+def is_link_loop(path: Path | str) -> bool:
+    """Return whether ``path`` is a symbolic link to a folder that contains the link itself."""
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    parent = os.path.realpath(os.path.dirname(path))
+    return parent == target or parent.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def raise_unreadable(error: OSError) -> None:
+    """Raise UserError for a dataset folder that cannot be listed (the `onerror` of `os.walk`)."""
+    raise UserError(f"dataset folder {error.filename} cannot be read: {error.strerror}; check its permissions") from error
+
+
+def scan_folder(folder: Path) -> list[os.DirEntry]:
+    """Return the entries of a dataset folder, or raise UserError when it cannot be read."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as error:
+        raise_unreadable(error)
+
+
 def class_folders(split_dir: Path) -> list[str]:
     """Return the sorted names of the sub-folders of ``split_dir`` (hidden ones excluded)."""
-    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
+    return sorted(entry.name for entry in scan_folder(split_dir) if entry.is_dir() and not entry.name.startswith("."))
 
 
 def split_from_class_folders(root: Path, split_dir: Path, classes: set[str] | None = None) -> Split:
@@ -109,7 +142,7 @@ def split_from_class_folders(root: Path, split_dir: Path, classes: set[str] | No
 
 def loose_images(folder: Path) -> list[str]:
     """Return the sorted names of the image files directly inside ``folder``, not in sub-folders."""
-    return sorted(entry.name for entry in os.scandir(folder) if is_image_file(entry.name) and entry.is_file())
+    return sorted(entry.name for entry in scan_folder(folder) if is_image_file(entry.name) and entry.is_file())
 
 
 def check_split_name(which: str) -> None:
@@ -196,7 +229,7 @@ def detect_imagefolder(root: Path) -> Layout | None:
 
 def describe_contents(root: Path, limit: int = 10) -> str:
     """Describe the first entries of a folder for an error message, folders marked with a slash."""
-    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in os.scandir(root))
+    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in scan_folder(root))
     if not entries:
         return "nothing"
     shown = ", ".join(entries[:limit])

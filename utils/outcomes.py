@@ -134,8 +134,9 @@ def load_outcomes(path: Path) -> Outcomes:
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
-            if meta.get("format") != FORMAT:
-                raise UserError(f"{path} is not an outcomes file of this project (format {meta.get('format')!r})")
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                found = meta.get("format") if isinstance(meta, dict) else None
+                raise UserError(f"{path} is not an outcomes file of this project (format {found!r})")
             if meta.get("version", 0) > FORMAT_VERSION:
                 raise UserError(f"{path} was written by a newer version of this project (format version {meta['version']}); update the project")
             outcomes = Outcomes(
@@ -150,7 +151,8 @@ def load_outcomes(path: Path) -> Outcomes:
         raise
     except FileNotFoundError:
         raise UserError(f"outcomes file {path} not found; check the path") from None
-    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, json.JSONDecodeError) as error:
+    # zipfile raises NotImplementedError for record flags it does not support, which damage can set.
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, NotImplementedError) as error:
         raise UserError(
             f"outcomes file {path} is truncated or corrupt ({type(error).__name__}: {error}); "
             "delete it and run the validation pass again (--recompute)"

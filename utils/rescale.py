@@ -4,7 +4,7 @@ import logging
 import os
 from pathlib import Path
 
-from utils.atomic import exclusive_lock
+from utils.atomic import exclusive_lock, remove_stale_temporaries
 from utils.class_lists import check_classes, read_class_list, subset_name_from_list
 from utils.cli import setup_logging
 from utils.config import load_config
@@ -38,11 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config()
     settings = parse_settings(config, argv)
     setup_logging(settings.verbose)
+    check_outputs_outside_root(settings)
     device = resolve_device(settings.device, _local_context())
     context = init_distributed(device)
     try:
         if context.is_main:
             with exclusive_lock(settings.results, "RescaleDataset.py"):
+                remove_stale_temporaries(settings.results, settings.results / "statistics", settings.results / "reports")
                 rescale(settings, context, device)
         else:
             rescale(settings, context, device)
@@ -50,6 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown_distributed()
     return 0
+
+
+def check_outputs_outside_root(settings: RescaleSettings) -> None:
+    """Raise UserError when the results or subsets folder is the dataset root or lies inside it.
+
+    Runs before anything is written, because even the results folder's lock file would change the
+    dataset root. Symbolic links are resolved first.
+    """
+    root = settings.root.expanduser().resolve()
+    folders = [("results folder", settings.results, "--results")]
+    if settings.materialize or settings.lists:
+        folders.append(("subsets folder", settings.subsets, "--out"))
+    for what, folder, flag in folders:
+        resolved = folder.expanduser().resolve()
+        if resolved == root or root in resolved.parents:
+            raise UserError(
+                f"the {what} {folder} is inside the dataset root {root}, where nothing may be written; "
+                f"choose a folder outside the dataset with {flag} or in the configuration file"
+            )
 
 
 def _local_context() -> DistributedContext:
@@ -124,8 +145,11 @@ def reuse_reason(stored: dict, expected: dict, topk: int) -> str | None:
     return None
 
 
-def find_reusable(path: Path, expected: dict, topk: int) -> Outcomes | None:
-    """Load stored outcomes that match ``expected``; log why they are not reused otherwise."""
+def find_reusable(path: Path, expected: dict, topk: int, class_names: list[str], images: int) -> Outcomes | None:
+    """Load stored outcomes that match ``expected``, name the outputs ``class_names`` and cover ``images`` images.
+
+    Logs why stored outcomes are not reused, and returns None then.
+    """
     if not path.is_file():
         return None
     try:
@@ -134,6 +158,11 @@ def find_reusable(path: Path, expected: dict, topk: int) -> Outcomes | None:
         log.warning("%s; running the validation pass again", error)
         return None
     reason = reuse_reason(stored.meta, expected, topk)
+    if reason is None and stored.class_names != list(class_names):
+        reason = "they name the network's outputs differently (another --class-names file)"
+    covered = len(stored) + len(stored.skipped)
+    if reason is None and covered != images:
+        reason = f"they cover {covered} of the {images} validation images"
     if reason:
         log.info("not reusing %s: %s; running the validation pass again", path, reason)
         return None
@@ -161,7 +190,7 @@ def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: D
     expected = None
     if context.is_main:
         expected = expected_meta(settings, network, fingerprint_split(split), layout, unknown)
-        stored = None if settings.recompute else find_reusable(path, expected, settings.topk)
+        stored = None if settings.recompute else find_reusable(path, expected, settings.topk, network.class_names, int((labels >= 0).sum()))
     if broadcast_from_main(stored is not None, context):
         return stored
 

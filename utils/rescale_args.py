@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.config import DATASETS, MODES, PROJECT_ROOT, STRATEGIES, DatasetConfig, ProjectConfig, check_sizes, resolve_path
+from utils.config import DATASETS, MODES, STRATEGIES, DatasetConfig, ProjectConfig, check_sizes, resolve_path
 from utils.errors import UserError
 
 
@@ -147,8 +147,8 @@ def parse_settings(config: ProjectConfig, argv: list[str] | None) -> RescaleSett
         subsets=args.out.expanduser().resolve() if args.out else group.subsets,
         prefix=args.prefix if args.prefix is not None else group.prefix,
         sizes=sizes,
-        model=_path_or_name(args.model, Path.cwd()) if args.model else _path_or_name(group.model, PROJECT_ROOT),
-        weights=_weights(args, group),
+        model=_path_or_name(args.model, Path.cwd()) if args.model else _path_or_name(group.model, config.folder),
+        weights=_weights(args, group, config.folder),
         class_names=args.class_names,
         outcomes=args.outcomes.expanduser().resolve() if args.outcomes else None,
         lists=[p.expanduser().resolve() for p in args.lists] if args.lists else None,
@@ -184,10 +184,10 @@ def _path_or_name(value: str | None, base: Path) -> str | None:
     return value
 
 
-def _weights(args: argparse.Namespace, group: DatasetConfig) -> str | None:
+def _weights(args: argparse.Namespace, group: DatasetConfig, config_folder: Path) -> str | None:
     """Weights from the flag (relative to the working folder), else from the file unless --model changed."""
     if args.weights is not None:
         return _path_or_name(args.weights, Path.cwd())
     if args.model:
         return None
-    return _path_or_name(group.weights, PROJECT_ROOT)
+    return _path_or_name(group.weights, config_folder)

@@ -196,10 +196,14 @@ def plan_files(
             target = f"{which}/{label}/{layout.path_in_class(relative, label)}"
             files.append(PlannedFile(target, root / relative, status.st_size, status.st_dev, status.st_ino))
 
-    empty = sorted(f"{label} ({which})" for (which, label), count in counts.items() if count == 0)
+    empty: dict[str, list[str]] = {}
+    for (which, label), count in sorted(counts.items()):
+        if count == 0:
+            empty.setdefault(label, []).append(which)
     if empty:
+        shown = ", ".join(f"{label} ({', '.join(splits)})" for label, splits in sorted(empty.items())[:10])
         raise UserError(
-            f"subset {name}: {len(empty)} classes have no images in a split of {layout.root}: {', '.join(empty[:10])}; "
+            f"subset {name}: {len(empty)} classes have no images in a split of {layout.root}: {shown}; "
             "leave these classes out of the list or add their images"
         )
 

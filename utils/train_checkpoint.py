@@ -113,7 +113,7 @@ def save_run_checkpoint(checkpoint: dict, path: Path) -> None:
 
 def load_run_checkpoint(path: Path, training: bool = True) -> dict:
     """Load a run checkpoint with ``weights_only=True`` and check that it has the keys of this format."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, fix="delete it or pass --restart to train the run again")
     required = REQUIRED_KEYS + (TRAINING_KEYS if training else ())
     missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:

@@ -7,7 +7,6 @@ example) can replace it without changes to the loop.
 
 import fnmatch
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torchvision.transforms import v2
 
 from utils.distributed import DistributedContext
 from utils.errors import UserError
+from utils.train_images import SkipUnreadable, TrainingImages, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,6 @@ class Preprocessing:
 def has_splits(folder: Path) -> bool:
     """Return whether ``folder`` has both train/ and val/ sub-folders."""
     return (folder / "train").is_dir() and (folder / "val").is_dir()
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders ReIN30 before ReIN100 by comparing digit runs as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def find_datasets(data: Path, prefix: str, names: list[str] | None = None) -> list[DatasetSource]:
@@ -133,10 +128,10 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
-def load_split(root: Path, split: str, transform) -> datasets.ImageFolder:
-    """Open ``root/split`` as an ImageFolder, turning a missing or empty folder into a UserError."""
+def load_split(root: Path, split: str, transform) -> TrainingImages:
+    """Open ``root/split`` as an ImageFolder tree (see `utils.train_images`), turning a missing or empty folder into a UserError."""
     try:
-        return datasets.ImageFolder(root / split, transform=transform)
+        return TrainingImages(root / split, transform=transform)
     except (FileNotFoundError, OSError) as error:
         raise UserError(f"{root / split} cannot be read as an ImageFolder tree ({error}); "
                         "it needs one sub-folder of images per class; rebuild it with `python RescaleDataset.py`") from error
@@ -156,8 +151,8 @@ class TrainingData:
     """Loaders of one dataset for one process, and the class names in network output order."""
 
     class_names: list[str]
-    train_loader: DataLoader | None
-    val_loader: DataLoader
+    train_loader: SkipUnreadable | None
+    val_loader: SkipUnreadable
     train_sampler: DistributedSampler | None
 
     def set_epoch(self, epoch: int) -> None:
@@ -199,6 +194,7 @@ def make_training_data(
     val_set = load_split(source.root, "val", preprocessing.val_transform())
     val_loader = make_loader(val_set, ShardSampler(len(val_set), context.world_size, context.rank),
                              per_process, workers, device, drop_last=False)
+    val_loader = SkipUnreadable(val_loader, f"{source.name} val", min_batch=1)
     if not train:
         return TrainingData(val_set.classes, None, val_loader, None)
 
@@ -206,6 +202,7 @@ def make_training_data(
     check_same_classes(train_set, val_set, source.root)
     sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
     drop_last = len(sampler) >= per_process
-    train_loader = make_loader(train_set, sampler, per_process, workers, device, drop_last)
+    train_loader = SkipUnreadable(make_loader(train_set, sampler, per_process, workers, device, drop_last),
+                                  f"{source.name} train", min_batch=2)
     log.info("%s: %d classes, %d training and %d validation images", source.name, len(train_set.classes), len(train_set), len(val_set))
     return TrainingData(train_set.classes, train_loader, val_loader, sampler)

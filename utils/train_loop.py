@@ -101,10 +101,15 @@ def check_finite(loss: torch.Tensor, epoch: int, step: int, context: Distributed
     """Raise NonFiniteLossError on every process when the loss of any process is NaN or infinite."""
     flag = (~torch.isfinite(loss.detach())).float().reshape(1)
     if all_reduce_sum(flag, context).item() > 0:
+        if epoch > 1:
+            kept = f"the checkpoint of epoch {epoch - 1} is kept"
+            again = "run again to resume from that checkpoint (or pass --restart)"
+        else:
+            kept = "no epoch was completed, so no checkpoint was written"
+            again = "run again"
         raise NonFiniteLossError(
-            f"the training loss became NaN or infinite at epoch {epoch}, step {step}; the checkpoint of the last "
-            "completed epoch is kept. Lower --lr, try --amp none, or check the images of this dataset, "
-            "then run again to resume from that checkpoint (or pass --restart)"
+            f"the training loss became NaN or infinite at epoch {epoch}, step {step}; {kept}. "
+            f"Lower --lr, try --amp none, or check the images of this dataset, then {again}"
         )
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from models import build_model
-from utils.atomic import exclusive_lock, write_text_atomically
+from utils.atomic import exclusive_lock, remove_stale_temporaries, write_text_atomically
 from utils.checkpoints import load_state_dict_strictly
 from utils.curves import plot_curves
 from utils.distributed import DistributedContext, barrier, broadcast_from_main, gather_to_main
@@ -257,8 +257,10 @@ def train_run(run: Run, args: argparse.Namespace, context: DistributedContext, d
 def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedContext, device: torch.device,
                      precision: Precision) -> None:
     """Restart, skip, resume or start a run whose folder this job has locked."""
-    if args.restart and context.is_main:
-        clear_run(run)
+    if context.is_main:
+        if args.restart:
+            clear_run(run)
+        remove_stale_temporaries(run.folder)
     barrier()
     checkpoint = read_last_checkpoint(run, context)
     if checkpoint is not None and checkpoint["epoch"] >= args.epochs:

@@ -1,0 +1,264 @@
+"""Reliability of class list files, subset sizes, output folders and configuration values.
+
+Each bad value must give an error that names it and the fix, with exit status 1 (2 for argparse's
+own checks), and must leave the dataset root, and every folder but the output folders, unchanged.
+"""
+
+import logging
+import os
+
+import pytest
+import torch
+
+from tests.fashion_trees import write_dataset
+from tests.helpers import run_script, tree_digest
+from tests.reliability_helpers import THREADS_ENV, assert_clean_failure, rescale, rescale_args, without_lock, write_network
+from utils.cli import run_main
+from utils.config import CONFIG_FILE, load_config
+from utils.training import main as train_main
+
+TROUSER, PULLOVER, DRESS, COAT = 1, 2, 3, 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def log_capture(monkeypatch, caplog):
+    """Keep pytest's log capture, which the scripts' own logging setup would replace."""
+    monkeypatch.setattr("utils.rescale.setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr("utils.training.setup_logging", lambda verbose=False: None)
+    caplog.set_level(logging.INFO)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A four-class ImageFolder tree, its digest, and the tiny network; tests must not change the tree."""
+    base = tmp_path_factory.mktemp("lists")
+    root = write_dataset(base / "fm", [TROUSER, PULLOVER, DRESS, COAT], train_per_class=2, val_per_class=2)
+    return root, tree_digest(root), write_network(base / "net.pth")
+
+
+def errors(caplog) -> str:
+    return "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR)
+
+
+def write_list(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# 8. A list with CRLF endings, a UTF-8 BOM, trailing spaces, blank lines, comments and duplicates
+
+def test_messy_list_file_accepted(dataset, tmp_path, caplog):
+    root, before, network = dataset
+    messy = write_list(tmp_path / "messy" / "ReFM2.txt",
+                       b"\xef\xbb\xbf# two classes\r\n\r\n  trouser  \r\npullover\t# knitted\r\n   \r\ntrouser\r\n")
+    clean = write_list(tmp_path / "clean" / "ReFM2.txt", b"pullover\ntrouser\n")
+
+    assert rescale("--lists", messy, *rescale_args(root, tmp_path / "r1", tmp_path / "out1", network)) == 0
+    assert rescale("--lists", clean, *rescale_args(root, tmp_path / "r2", tmp_path / "out2", network)) == 0
+
+    assert without_lock(tmp_path / "out1") == without_lock(tmp_path / "out2")
+    assert sorted(os.listdir(tmp_path / "out1" / "ReFM2" / "val")) == ["pullover", "trouser"]
+    assert "line 6: trouser repeats line 3; the repeat is ignored" in caplog.text
+    assert tree_digest(root) == before
+
+
+# 9. A list entry that is not a class, or that contains '/', '\' or '..'
+
+@pytest.mark.parametrize("entry, message", [
+    ("trousers", "'trousers' (closest: trouser"),
+    ("Pullover", "'Pullover' (closest: pullover"),
+    ("../trouser", "entry '../trouser' contains a path separator or '..'"),
+    ("train/trouser", "entry 'train/trouser' contains a path separator or '..'"),
+    ("..\\..\\trouser", "contains a path separator or '..'"),
+    ("trouser/../../../escape", "contains a path separator or '..'"),
+    ("..", "entry '..' contains a path separator or '..'"),
+])
+def test_list_entry_unknown_or_path_like(dataset, tmp_path, caplog, entry, message):
+    root, before, network = dataset
+    work = tmp_path / "work"
+    listed = write_list(work / "lists" / "ReFM2.txt", f"dress\n{entry}\n".encode())
+    outside = tree_digest(tmp_path)
+
+    assert rescale("--lists", listed, *rescale_args(root, work / "results", work / "out", network)) == 1
+
+    assert message in errors(caplog)
+    assert str(listed) in errors(caplog)
+    assert not (work / "out" / "ReFM2").exists()
+    written = set(tree_digest(tmp_path)) - set(outside)
+    assert written <= {"work/results", "work/results/.lock"}, written
+    assert tree_digest(root) == before
+
+
+# 10. A subset size of 0, 1, negative, larger than the number of classes, or not an integer
+
+@pytest.mark.parametrize("size, message", [
+    ("0", "subset size 0 is below 2; a subset needs at least 2 classes"),
+    ("1", "subset size 1 is below 2"),
+    ("-3", "subset size -3 is below 2"),
+    ("2.5", "subset size '2.5' is not an integer"),
+    ("thirty", "subset size 'thirty' is not an integer"),
+])
+def test_subset_size_invalid_on_command_line(dataset, tmp_path, capsys, size, message):
+    root, before, network = dataset
+
+    with pytest.raises(SystemExit) as exit_status:
+        rescale(*rescale_args(root, tmp_path / "results", tmp_path / "out", network, "--sizes", size))
+
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+    assert tree_digest(root) == before
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (["5"], "subset size 5 is larger than the 4 classes with validation images; use sizes of at most 4"),
+    (["3", "3"], "subset sizes [3, 3] repeat a value"),
+])
+def test_subset_size_too_large_or_repeated(dataset, tmp_path, caplog, sizes, message):
+    root, before, network = dataset
+
+    assert rescale(*rescale_args(root, tmp_path / "results", tmp_path / "out", network, "--sizes", *sizes)) == 1
+
+    assert message in errors(caplog)
+    assert not list(tmp_path.glob("results/ReFM*.txt"))
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(root) == before
+
+
+def edited_config(tmp_path, old: str, new: str):
+    """Write a copy of config_rescale.py with ``old`` replaced by ``new``; the real file is never edited."""
+    text = CONFIG_FILE.read_text(encoding="utf-8")
+    assert old in text, old
+    path = tmp_path / "config" / "config_rescale.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ("[1, 30]", "ImageNet['sizes']: subset size 1 is below 2"),
+    ("[30, 50.5]", "ImageNet['sizes']: subset size 50.5 is not an integer"),
+    ("[-30]", "ImageNet['sizes']: subset size -30 is below 2"),
+    ("[]", "ImageNet['sizes'] must be a non-empty list"),
+])
+def test_subset_size_invalid_in_config_file(dataset, tmp_path, monkeypatch, caplog, sizes, message):
+    root, before, network = dataset
+    config = edited_config(tmp_path, "sizes=[30, 50, 100, 150, 200],", f"sizes={sizes},")
+    monkeypatch.setenv("RESCALE_CONFIG", str(config))
+
+    assert rescale(*rescale_args(root, tmp_path / "results", tmp_path / "out", network)) == 1
+
+    assert f"{config}: {message}" in errors(caplog)
+    assert not (tmp_path / "results").exists()
+    assert tree_digest(root) == before
+
+
+# 11. An output folder inside the dataset root, or equal to it
+
+@pytest.mark.parametrize("where", [
+    "subsets folder is the root", "subsets folder inside the root", "subsets folder through a link into the root",
+    "results folder is the root", "results folder inside the root", "subsets folder inside the root, full run",
+])
+def test_output_folder_inside_dataset_root(dataset, tmp_path, caplog, where):
+    root, before, network = dataset
+    (tmp_path / "link").symlink_to(root / "train")
+    folders = {
+        "subsets folder is the root": ("results", root),
+        "subsets folder inside the root": ("results", root / "subsets"),
+        "subsets folder through a link into the root": ("results", tmp_path / "link" / "subsets"),
+        "results folder is the root": (root, "out"),
+        "results folder inside the root": (root / "val" / "results", "out"),
+        "subsets folder inside the root, full run": ("results", root / "val" / "subsets"),
+    }
+    results, out = (tmp_path / folder if isinstance(folder, str) else folder for folder in folders[where])
+    lists = [] if where.endswith("full run") else ["--lists", write_list(tmp_path / "ReFM2.txt", b"trouser\npullover\n")]
+
+    assert rescale(*lists, *rescale_args(root, results, out, network)) == 1
+
+    what = "results folder" if where.startswith("results") else "subsets folder"
+    assert f"the {what} " in errors(caplog)
+    assert f"is inside the dataset root {root}, where nothing may be written" in errors(caplog)
+    assert "validation pass" not in caplog.text
+    assert tree_digest(root) == before
+
+
+# 12. Unknown configuration key, or a value of the wrong type, in the file or on the command line
+
+@pytest.mark.parametrize("old, new, message", [
+    ("batch_size = 64 ", "batchsize = 64 ", "unknown setting 'batchsize' (did you mean 'batch_size'?)"),
+    ("    root='data/ImageNet',", "    rot='data/ImageNet',", "unknown key 'rot' in ImageNet (did you mean 'root'?)"),
+    ("batch_size = 64 ", "batch_size = '64' ", "batch_size must be int, got '64'; fix the value in the file"),
+    ("workers = 4 ", "workers = 4.0 ", "workers must be int, got 4.0"),
+    ("seed = 0 ", "seed = True ", "seed must be int, got True"),
+    ("    prefix='ReIN',", "    prefix=None,", "ImageNet['prefix'] must be str, got None"),
+    ("strategy = 'sensitive-confused'", "strategy = 'hardest'", "strategy = 'hardest' is unknown; choose one of"),
+    ("DataRescale = 'ImageNet'", "DataRescale = 'CIFAR'", "DataRescale = 'CIFAR' is not a dataset; choose one of"),
+])
+def test_config_unknown_key_or_wrong_type(tmp_path, monkeypatch, caplog, old, new, message):
+    config = edited_config(tmp_path, old, new)
+    monkeypatch.setenv("RESCALE_CONFIG", str(config))
+
+    assert rescale() == 1
+    assert f"{config}: {message}" in errors(caplog)
+
+    # The training scripts read the same file and report the same error.
+    caplog.clear()
+    assert run_main(train_main, ["--data", str(tmp_path)]) == 1
+    assert f"{config}: {message}" in errors(caplog)
+
+
+def test_config_error_exits_cleanly(tmp_path):
+    config = edited_config(tmp_path, "batch_size = 64 ", "batch_size = = 64 ")
+
+    run = run_script("RescaleDataset.py", env={"RESCALE_CONFIG": str(config), **THREADS_ENV})
+
+    assert_clean_failure(run)
+    assert f"{config} could not be read: SyntaxError" in run.stderr
+
+
+def test_config_copy_resolves_relative_paths(tmp_path):
+    config = edited_config(tmp_path, "    root='data/ImageNet',", "    root='images/ImageNet',")
+
+    loaded = load_config(config)
+
+    assert loaded.folder == config.parent
+    assert loaded.datasets["ImageNet"].root == config.parent / "images" / "ImageNet"
+    assert loaded.datasets["Places365"].weights == "data/resnet50_places365.pth.tar"
+
+
+def rescale_main(argv):
+    from utils.rescale import main
+
+    return main(argv)
+
+
+@pytest.mark.parametrize("script, args, fragments", [
+    ("rescale", ["--colour", "red"], ["unrecognized arguments: --colour red"]),
+    ("rescale", ["--batch-size", "many"], ["--batch-size", "invalid integer 'many'"]),
+    ("rescale", ["--workers", "-1"], ["--workers", "-1 is negative"]),
+    ("rescale", ["--seed", "x"], ["--seed", "invalid int value: 'x'"]),
+    ("rescale", ["--min-pair-share", "high"], ["--min-pair-share", "invalid number 'high'"]),
+    ("rescale", ["--mode", "move"], ["--mode", "invalid choice: 'move'", "hardlink"]),
+    ("train", ["--epochs", "ten"], ["--epochs", "invalid int value: 'ten'"]),
+    ("train", ["--lr", "fast"], ["--lr", "invalid float value: 'fast'"]),
+    ("train", ["--colour", "red"], ["unrecognized arguments: --colour red"]),
+])
+def test_command_line_flag_errors(tmp_path, capsys, script, args, fragments):
+    main = rescale_main if script == "rescale" else train_main
+
+    with pytest.raises(SystemExit) as exit_status:
+        run_main(main, ["--data", str(tmp_path), *args])
+
+    assert exit_status.value.code == 2
+    stderr = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in stderr
