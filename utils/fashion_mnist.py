@@ -199,7 +199,9 @@ def prepare_fashion_mnist(settings) -> None:
     """Write the image tree under the dataset root and train the demo network, each only if missing."""
     folder = raw_folder(settings.root.parent / "FashionMNIST_download")
     splits = None
-    if not (settings.root / TREE_MARKER).is_file():
+    if (settings.root / TREE_MARKER).is_file():
+        log.info("Fashion-MNIST image tree already at %s", settings.root)
+    else:
         splits = load_fashion_mnist(folder)
         write_image_folder(settings.root, splits)
     weights = Path(settings.weights) if settings.weights else None
