@@ -101,8 +101,9 @@ def read_table(path: Path, archs: list[str], subsets: list[str]) -> dict[str, di
     return table
 
 
-def write_verdict(table: dict[str, dict[str, float]], random_names: list[str], out: Path, min_gap: float, epochs: int) -> list[str]:
+def write_verdict(table: dict[str, dict[str, float]], subsets: dict[str, list[str]], out: Path, min_gap: float, epochs: int) -> list[str]:
     """Write challenge.md and challenge.csv; return the networks whose gap is below ``min_gap``."""
+    random_names = [name for name in subsets if name != HARD_SUBSET]
     header = ["network", HARD_SUBSET] + random_names + ["random mean", "gap (points)"]
     rows, failing = [], []
     for arch, cells in table.items():
@@ -119,6 +120,8 @@ def write_verdict(table: dict[str, dict[str, float]], random_names: list[str], o
         f"# ReFM4 against random 4-class subsets\n\nBest validation top-1 (%) after {epochs} epochs of training "
         f"from scratch; the gap is the random mean minus ReFM4 and must be at least {min_gap:g} points.\n\n"
         + markdown_table(header, rows)
+        + "\nClasses of each subset:\n\n"
+        + "".join(f"- {name}: {', '.join(classes)}\n" for name, classes in subsets.items())
     )
     write_text_atomically(out / "challenge.md", text)
     return failing
@@ -148,9 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "--lr-step", str(max(args.epochs, 1)), "--workers", str(args.workers), "--seed", "0",
         "--checkpoints", str(out / "checkpoints"), "--results", str(out),
     ])
-    random_names = [name for name in subsets if name != HARD_SUBSET]
     table = read_table(out / "results.csv", args.arch, list(subsets))
-    failing = write_verdict(table, random_names, out, args.min_gap, args.epochs)
+    failing = write_verdict(table, subsets, out, args.min_gap, args.epochs)
     log.info("wrote %s", out / "challenge.md")
     if failing:
         raise UserError(f"ReFM4 is not at least {args.min_gap:g} points harder than the random subsets for {', '.join(failing)}; see {out / 'challenge.md'}")
