@@ -1,5 +1,6 @@
 """Placing the images of a subset by copy, hard link or symbolic link, in parallel threads."""
 
+import contextlib
 import errno
 import logging
 import os
@@ -132,17 +133,38 @@ class FilePlacer:
 def copy_file(source: Path | str, target: Path | str) -> None:
     """Copy ``source`` to a temporary name beside ``target`` and rename it, so ``target`` is never partial.
 
+    The bytes move with `os.sendfile` inside the kernel, without the extra `stat` calls of
+    `shutil.copyfile`, which made copying a subset slower than `shutil.copytree`.
+
     NOTE: the copy is not fsynced. A killed process cannot leave a partial ``target``, but a power
     loss may, and a re-run only notices it when the size is wrong.
     """
-    target = Path(target)
-    temporary = target.with_name(f".{target.name}.part")
+    head, name = os.path.split(os.fspath(target))
+    temporary = os.path.join(head, f".{name}.part")
     try:
-        shutil.copyfile(source, temporary)
+        with open(source, "rb") as reader, open(temporary, "wb") as writer:
+            _copy_contents(reader, writer)
         os.replace(temporary, target)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
+
+
+def _copy_contents(reader, writer) -> None:
+    """Copy an open file to the end into another with `os.sendfile`, or in Python where the kernel cannot."""
+    offset = 0
+    block = max(os.fstat(reader.fileno()).st_size, 1 << 20)
+    try:
+        while True:
+            sent = os.sendfile(writer.fileno(), reader.fileno(), offset, block)
+            if sent == 0:
+                return
+            offset += sent
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSOCK, errno.ENOSYS) or offset:
+            raise
+    shutil.copyfileobj(reader, writer)
 
 
 def batches(items: Iterable, size: int) -> Iterator[list]:
