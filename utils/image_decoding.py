@@ -174,8 +174,10 @@ class EvalTransform:
 
 
 def pixels_of(image: Image.Image) -> torch.Tensor:
-    """Return the pixels of an RGB image as a uint8 CHW tensor in channels-last memory, the layout
-    that torch's vectorized uint8 resize reads fastest."""
+    """Return the pixels of an RGB image as a uint8 CHW tensor in channels-last memory.
+
+    Channels-last is the layout that torch's vectorized uint8 resize reads fastest.
+    """
     array = np.asarray(image)
     with warnings.catch_warnings():
         # The array is read-only, and torch warns about that; the tensor is only read.
