@@ -250,15 +250,15 @@ def test_killed_build_resumes_to_clean_tree(tmp_path):
 
 def test_failed_write_reported_and_resumable(imagenet, tmp_path, monkeypatch):
     copies = []
-    real_copyfile = shutil.copyfile
+    real_copy_contents = file_placement._copy_contents
 
-    def copyfile_until_full(source, target):
+    def copy_until_full(reader, writer):
         if len(copies) >= 5:
-            raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        copies.append(target)
-        return real_copyfile(source, target)
+            raise OSError(errno.ENOSPC, "No space left on device", writer.name)
+        copies.append(writer.name)
+        return real_copy_contents(reader, writer)
 
-    monkeypatch.setattr(file_placement.shutil, "copyfile", copyfile_until_full)
+    monkeypatch.setattr(file_placement, "_copy_contents", copy_until_full)
     with pytest.raises(UserError) as caught:
         build_subsets(imagenet, {"ReIN3": SUBSET}, tmp_path / "out", workers=1)
     message = str(caught.value)
@@ -267,7 +267,7 @@ def test_failed_write_reported_and_resumable(imagenet, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "ReIN3").exists()
     assert not (tmp_path / "out" / ".ReIN3.partial" / "subset.json").exists()
 
-    monkeypatch.setattr(file_placement.shutil, "copyfile", real_copyfile)
+    monkeypatch.setattr(file_placement, "_copy_contents", real_copy_contents)
     build_subsets(imagenet, {"ReIN3": SUBSET}, tmp_path / "out", workers=1)
     build_subsets(imagenet, {"ReIN3": SUBSET}, tmp_path / "clean", workers=1)
     assert digest_without_lock(tmp_path / "out") == digest_without_lock(tmp_path / "clean")

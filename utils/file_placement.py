@@ -1,12 +1,13 @@
 """Placing the images of a subset by copy, hard link or symbolic link, in parallel threads."""
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,16 @@ LINK_FALLBACK_ERRORS = {
 
 @dataclass(frozen=True)
 class PlannedFile:
-    """One image of a subset: its path inside the subset and its source in the dataset."""
+    """One image of a subset: its path inside the subset and the absolute path of its source in the dataset."""
 
     target: str
-    source: Path
+    source: str
     size: int
     device: int
     inode: int
 
 
-def is_in_place(path: Path, planned: PlannedFile, mode: str) -> bool:
+def is_in_place(path: Path | str, planned: PlannedFile, mode: str) -> bool:
     """Return whether ``path`` already is ``planned`` as ``mode`` would place it.
 
     A copy is a regular file of the source's size that is not the source itself. A hard link
@@ -65,16 +66,22 @@ class FilePlacer:
 
     def __init__(self, folder: Path, mode: str):
         self.folder = folder
+        self._folder_text = str(folder)
         self.mode = mode
         self._lock = threading.Lock()
         self._fallbacks_logged: set[int] = set()
 
     def place(self, planned: PlannedFile) -> None:
         """Place one file unless it is already in place; raise UserError when writing fails."""
-        target = self.folder / planned.target
-        if is_in_place(target, planned, self.mode):
-            return
+        # String paths: pathlib objects cost more per file than the link itself.
+        target = os.path.join(self._folder_text, planned.target)
         try:
+            # A link is tried first: in a new folder it succeeds with one system call, and only an
+            # existing entry (a resumed build) needs the checks below.
+            if self.mode != "copy" and self._try_link(planned, target):
+                return
+            if is_in_place(target, planned, self.mode):
+                return
             if os.path.lexists(target):
                 os.unlink(target)
             if self.mode == "symlink":
@@ -89,7 +96,23 @@ class FilePlacer:
                 "the permissions of the output folder, or choose another one, then run again to resume"
             ) from error
 
-    def _link_or_copy(self, source: Path, target: Path) -> None:
+    def _try_link(self, planned: PlannedFile, target: str) -> bool:
+        """Create the link of a link mode; return False when an entry of that name exists already."""
+        try:
+            if self.mode == "symlink":
+                os.symlink(planned.source, target)
+            else:
+                self._link_or_copy(planned.source, target)
+        except FileExistsError:
+            return False
+        return True
+
+    def place_all(self, files: list[PlannedFile]) -> None:
+        """Place several files one after the other (one task of `run_parallel`)."""
+        for planned in files:
+            self.place(planned)
+
+    def _link_or_copy(self, source: str, target: str) -> None:
         try:
             os.link(source, target)
             return
@@ -107,42 +130,82 @@ class FilePlacer:
         log.warning("hard links into %s fail because %s; copying the images instead", self.folder, LINK_FALLBACK_ERRORS[number])
 
 
-def copy_file(source: Path, target: Path) -> None:
+def copy_file(source: Path | str, target: Path | str) -> None:
     """Copy ``source`` to a temporary name beside ``target`` and rename it, so ``target`` is never partial.
+
+    The bytes move with `os.sendfile` inside the kernel, without the extra `stat` calls of
+    `shutil.copyfile`, which made copying a subset slower than `shutil.copytree`.
 
     NOTE: the copy is not fsynced. A killed process cannot leave a partial ``target``, but a power
     loss may, and a re-run only notices it when the size is wrong.
     """
-    temporary = target.with_name(f".{target.name}.part")
+    head, name = os.path.split(os.fspath(target))
+    temporary = os.path.join(head, f".{name}.part")
     try:
-        shutil.copyfile(source, temporary)
+        with open(source, "rb") as reader, open(temporary, "wb") as writer:
+            _copy_contents(reader, writer)
         os.replace(temporary, target)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
 
 
-def run_parallel(function: Callable, items: Iterable, workers: int, bar: tqdm) -> list:
+def _copy_contents(reader, writer) -> None:
+    """Copy an open file to the end into another with `os.sendfile`, or in Python where the kernel cannot."""
+    offset = 0
+    block = max(os.fstat(reader.fileno()).st_size, 1 << 20)
+    try:
+        while True:
+            sent = os.sendfile(writer.fileno(), reader.fileno(), offset, block)
+            if sent == 0:
+                return
+            offset += sent
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSOCK, errno.ENOSYS) or offset:
+            raise
+    shutil.copyfileobj(reader, writer)
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Yield lists of ``size`` consecutive items (the last one may be shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_parallel(function: Callable, items: Iterable, workers: int, bar: tqdm, chunk_size: int = 1) -> list:
     """Call ``function`` on every item in ``workers`` threads; return the results in completion order.
 
-    At most four tasks per worker wait in the queue, so millions of items need little memory. The
-    first exception cancels the waiting tasks and is raised once the running ones end.
+    With ``chunk_size`` above 1 each task calls ``function`` on that many items, because a thread
+    pool task costs tens of microseconds, more than a hard link. At most four tasks per worker wait
+    in the queue, so millions of items need little memory. The first exception cancels the waiting
+    tasks and is raised once the running ones end.
     """
     results = []
     pending = set()
 
+    def run_chunk(chunk: list) -> list:
+        return [function(item) for item in chunk]
+
     def collect(done) -> None:
         for future in done:
-            results.append(future.result())
-            bar.update()
+            chunk_results = future.result()
+            results.extend(chunk_results)
+            bar.update(len(chunk_results))
 
     with ThreadPoolExecutor(max_workers=workers) as executor:
         try:
-            for item in items:
+            for chunk in batches(items, chunk_size):
                 if len(pending) >= 4 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     collect(done)
-                pending.add(executor.submit(function, item))
+                pending.add(executor.submit(run_chunk, chunk))
             done, pending = wait(pending)
             collect(done)
         except BaseException:

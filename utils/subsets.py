@@ -33,6 +33,8 @@ MODES = ("copy", "hardlink", "symlink")
 MANIFEST = "subset.json"
 README = "README.md"
 MANIFEST_FORMAT = 1
+# Files per thread-pool task when placing or checking files.
+CHUNK_FILES = 64
 
 
 @dataclass
@@ -123,10 +125,11 @@ def unique_classes(name: str, classes: list[str]) -> list[str]:
 def stat_sources(root: Path, splits: dict[str, Split], workers: int) -> dict[str, os.stat_result]:
     """Return the `os.stat` of every listed image by relative path; raise UserError for a missing one."""
     paths = sorted({path for split in splits.values() for path in split.files})
+    root_text = str(root)
 
     def stat_one(relative: str) -> tuple[str, os.stat_result]:
         try:
-            return relative, os.stat(root / relative)
+            return relative, os.stat(os.path.join(root_text, relative))
         except OSError as error:
             raise UserError(
                 f"image {root / relative} is listed by the dataset layout but cannot be read: {error.strerror}; "
@@ -134,7 +137,7 @@ def stat_sources(root: Path, splits: dict[str, Split], workers: int) -> dict[str
             ) from error
 
     with tqdm(total=len(paths), desc="checking images", unit="file", leave=False) as bar:
-        return dict(run_parallel(stat_one, paths, workers, bar))
+        return dict(run_parallel(stat_one, paths, workers, bar, CHUNK_FILES))
 
 
 def build_subset(
@@ -168,7 +171,7 @@ def build_subset(
     placer = FilePlacer(partial, mode)
     prepare_partial(partial, files)
     with tqdm(total=len(files), desc=name, unit="file") as bar:
-        run_parallel(placer.place, files, workers, bar)
+        run_parallel(placer.place, files, workers, bar, CHUNK_FILES)
     write_text_atomically(partial / README, describe_subset(manifest))
     write_text_atomically(partial / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     swap_in(partial, final, old)
@@ -186,6 +189,7 @@ def plan_files(
     """List the files of one subset, sorted by target path; raise for empty classes and name clashes."""
     requested = set(classes)
     files = []
+    root_text = str(root)
     counts = {(which, label): 0 for which in SPLITS for label in requested}
     for which, split in splits.items():
         for relative, label in zip(split.files, split.labels):
@@ -194,7 +198,7 @@ def plan_files(
             counts[which, label] += 1
             status = sources[relative]
             target = f"{which}/{label}/{layout.path_in_class(relative, label)}"
-            files.append(PlannedFile(target, root / relative, status.st_size, status.st_dev, status.st_ino))
+            files.append(PlannedFile(target, os.path.join(root_text, relative), status.st_size, status.st_dev, status.st_ino))
 
     empty: dict[str, list[str]] = {}
     for (which, label), count in sorted(counts.items()):
@@ -306,7 +310,7 @@ def prepare_partial(partial: Path, files: list[PlannedFile]) -> None:
         partial.unlink()
     partial.mkdir(exist_ok=True)
     expected = {planned.target for planned in files}
-    folders = {parent.as_posix() for target in expected for parent in Path(target).parents if parent != Path(".")}
+    folders = parent_folders(expected)
 
     for dirpath, dirnames, filenames in os.walk(partial, topdown=False):
         relative = Path(dirpath).relative_to(partial)
@@ -321,6 +325,16 @@ def prepare_partial(partial: Path, files: list[PlannedFile]) -> None:
                 os.rmdir(path)
     for folder in sorted(folders):
         (partial / folder).mkdir(parents=True, exist_ok=True)
+
+
+def parent_folders(targets: set[str]) -> set[str]:
+    """Return every folder above the relative POSIX paths ``targets``, such as 'train' and 'train/n01'."""
+    folders = set()
+    for folder in {target.rpartition("/")[0] for target in targets}:
+        while folder and folder not in folders:
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
+    return folders
 
 
 def swap_in(partial: Path, final: Path, old: Path) -> None:

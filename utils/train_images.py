@@ -50,8 +50,8 @@ def unreadable_marker(index: int) -> int:
 class TrainingImages(datasets.ImageFolder):
     """An ImageFolder tree with natural class order, RGB decoding and unreadable files marked."""
 
-    def __init__(self, root, transform=None):
-        super().__init__(root, transform=transform, loader=open_rgb)
+    def __init__(self, root, transform=None, loader=None):
+        super().__init__(root, transform=transform, loader=loader or open_rgb)
 
     def find_classes(self, directory) -> tuple[list[str], dict[str, int]]:
         """Return the class folders in natural order and their indices; raise FileNotFoundError if there are none."""
@@ -83,18 +83,20 @@ class TrainingImages(datasets.ImageFolder):
         path, target = self.samples[index]
         try:
             image = self.loader(path)
+            if self.transform is not None:
+                image = self.transform(image)
         except DECODE_ERRORS as error:
             reason = f"{type(error).__name__}: {error}".splitlines()[0]
             log.warning("cannot decode %s (%s); skipping it", path, reason)
             return self._placeholder(), unreadable_marker(index)
-        if self.transform is not None:
-            image = self.transform(image)
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
 
     def _placeholder(self):
-        """Return a black image through the split's transform, so that it batches with the others."""
+        """Return a black image shaped like the split's other images, so that it batches with them."""
+        if hasattr(self.transform, "blank"):
+            return self.transform.blank()
         image = Image.new("RGB", (8, 8))
         return self.transform(image) if self.transform is not None else image
 

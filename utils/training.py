@@ -29,8 +29,15 @@ def print_architectures() -> None:
 
 
 def choose_precision(args: argparse.Namespace, device: torch.device) -> Precision:
-    """Return autocast and memory-format settings: mixed precision and channels-last only on CUDA by default."""
-    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    """Return autocast and memory-format settings: mixed precision only on CUDA, channels-last by default.
+
+    Channels-last memory is the default on the CPU as well. In one training step of each reference
+    network at 64x64 on a 2-core AMD EPYC shared with other jobs (torch 2.14, oneDNN), five of nine
+    networks ran 1.3 to 2.1 times as fast in it. The other four stayed within 3%, the noise of
+    that measurement. On the same machine unloaded, a ResNet18 epoch ran 4% faster. The
+    arithmetic is the same, in another order.
+    """
+    channels_last = args.channels_last if args.channels_last is not None else True
     # NOTE: the CUDA paths (bf16 and fp16 autocast, the gradient scaler, channels-last, NCCL) have not
     # been run. Compare a short run with --amp none before a long one.
     if device.type != "cuda":

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from utils.distributed import DistributedContext, gather_to_main
 from utils.errors import UserError
-from utils.image_decoding import DECODE_ERRORS, EvalTransform, normalize_batch
+from utils.image_decoding import DECODE_ERRORS, BatchNormalizer, EvalTransform, Preprocessing
 from utils.layouts import Split
 from utils.networks import PretrainedNetwork
 from utils.outcomes import Outcomes
@@ -82,29 +82,32 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _run_shard(network: PretrainedNetwork, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int, topk: int, show_progress: bool) -> ShardResult:
-    transform = EvalTransform(network.preprocessing)
-    loader = DataLoader(
-        ValidationImages(split, indices, transform),
+def make_validation_loader(preprocessing: Preprocessing, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int) -> DataLoader:
+    """Return the DataLoader of the validation pass: uint8 image batches, their indices and decode flags."""
+    return DataLoader(
+        ValidationImages(split, indices, EvalTransform(preprocessing)),
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    model = network.module.to(device).eval()
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+
+
+def _run_shard(network: PretrainedNetwork, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int, topk: int, show_progress: bool) -> ShardResult:
+    loader = make_validation_loader(network.preprocessing, split, indices, device, batch_size, workers)
+    # Channels-last memory is faster on CUDA and also on the CPU, where oneDNN's convolutions ran
+    # resnet50 and mobilenet_v3_small about 1.5 times as fast in it (2-core AMD EPYC, torch 2.14).
+    model = network.module.to(device).eval().to(memory_format=torch.channels_last)
     k = min(topk, len(network.class_names))
     kept_indices, kept_topk, kept_probs, skipped = [], [], [], []
-    mean, std = network.preprocessing.mean, network.preprocessing.std
+    normalize = BatchNormalizer(network.preprocessing.mean, network.preprocessing.std, device, channels_last=True, reuse_output=True)
 
     progress = tqdm(total=len(indices), unit="img", desc="validation pass", disable=not show_progress, dynamic_ncols=True)
     with torch.inference_mode(), progress:
         for images, image_indices, ok, reasons in loader:
             skipped.extend((int(i), r) for i, r, good in zip(image_indices, reasons, ok) if not good)
             if ok.any():
-                batch = normalize_batch(images[ok], mean, std, device, channels_last)
+                batch = normalize(images if ok.all() else images[ok])
                 with _autocast(device):
                     logits = model(batch)
                 probs, predicted = logits.float().softmax(dim=1).topk(k, dim=1)

@@ -1,0 +1,207 @@
+"""Fast paths against the plain torchvision pipelines they replace: same outcomes, same geometry.
+
+The baselines are written as a user would without this project: PIL decoding, then
+`torchvision.transforms` per image.
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import v2
+
+from tests.helpers import PHOTOS, photo, write_jpeg
+from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file
+from utils.networks import IMAGENET_MEAN, IMAGENET_STD, load_network
+from utils.train_data import DraftedRandomResizedCrop, _draft_for_box
+
+CPU = torch.device("cpu")
+
+
+def baseline_eval(mean, std) -> T.Compose:
+    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std)])
+
+
+@pytest.fixture(scope="module")
+def lite_probabilities():
+    """EfficientNet-Lite0's probabilities for the real photos, with the project's and the baseline's preprocessing."""
+    network = load_network("efficientnet_lite0", None)
+    preprocessing = network.preprocessing
+    transform = EvalTransform(preprocessing)
+    normalize = BatchNormalizer(preprocessing.mean, preprocessing.std, CPU)
+    baseline = baseline_eval(preprocessing.mean, preprocessing.std)
+    paths = [path for path, _ in PHOTOS.values()]
+    project_batch = normalize(torch.stack([transform(path) for path in paths]))
+    baseline_batch = torch.stack([baseline(Image.open(path).convert("RGB")) for path in paths])
+    with torch.inference_mode():
+        project = network.module(project_batch).softmax(dim=1)
+        reference = network.module(baseline_batch).softmax(dim=1)
+    return dict(zip(PHOTOS, project)), dict(zip(PHOTOS, reference))
+
+
+@pytest.mark.parametrize("name", list(PHOTOS))
+def test_photo_top1_matches_baseline(lite_probabilities, name):
+    project, reference = lite_probabilities
+
+    assert project[name].argmax() == reference[name].argmax()
+
+
+@pytest.mark.parametrize("name", list(PHOTOS))
+def test_photo_top5_overlaps_baseline(lite_probabilities, name):
+    project, reference = lite_probabilities
+
+    shared = set(project[name].topk(5).indices.tolist()) & set(reference[name].topk(5).indices.tolist())
+
+    assert len(shared) >= 4
+
+
+def test_eval_transform_pixels_match_torchvision():
+    preprocessing = Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD)
+    path = PHOTOS["chelsea"][0]
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])(Image.open(path).convert("RGB"))
+
+    pixels = EvalTransform(preprocessing)(path)
+
+    assert pixels.dtype == torch.uint8
+    assert pixels.shape == (3, 224, 224)
+    assert (pixels.int() - reference.int()).abs().max() <= 1
+
+
+def test_resamplers_agree_within_one_level():
+    path = PHOTOS["coffee"][0]
+    torch_pixels = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, resampler="torch"))(path)
+    pil_pixels = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, resampler="pil"))(path)
+
+    assert (torch_pixels.int() - pil_pixels.int()).abs().max() <= 1
+
+
+def test_draft_skipped_without_twice_the_size(tmp_path):
+    # 512x600 would draft to exactly 256x300 at 1/2, with no resize left to filter the image.
+    path = write_jpeg(tmp_path / "exact.jpg", photo("grace_hopper").resize((512, 600)))
+    transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
+
+    with Image.open(path) as image:
+        assert transform.draft_request(image, 256, 300, orientation=1) is None
+
+
+def test_draft_used_with_twice_the_size(tmp_path):
+    path = write_jpeg(tmp_path / "large.jpg", photo("grace_hopper").resize((1100, 1290)))
+    transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
+
+    with Image.open(path) as image:
+        assert transform.draft_request(image, 256, 300, orientation=1) == (512, 600)
+
+
+def test_decode_jpeg_file_matches_pil():
+    path = PHOTOS["rocket"][0]
+
+    pixels = decode_jpeg_file(path)
+
+    assert torch.equal(pixels.permute(1, 2, 0), torch.from_numpy(np.array(Image.open(path).convert("RGB"))))
+
+
+def test_decode_jpeg_file_rejects_truncated_file(tmp_path):
+    path = write_jpeg(tmp_path / "whole.jpg", photo("rocket"))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(path.read_bytes()[:2000])
+
+    assert decode_jpeg_file(truncated) is None
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("reuse_output", [False, True])
+def test_batch_normalizer_matches_formula(channels_last, reuse_output):
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    normalize = BatchNormalizer(IMAGENET_MEAN, IMAGENET_STD, CPU, channels_last, reuse_output)
+
+    first = normalize(images).clone()
+    smaller = normalize(images[:2])
+
+    assert torch.allclose(first, (images / 255 - mean) / std, atol=1e-5)
+    assert torch.allclose(smaller, first[:2])
+    assert first.dtype == torch.float32
+
+
+# Training crops
+
+@pytest.fixture(scope="module")
+def large_jpeg(tmp_path_factory):
+    """A 1024x768 JPEG of a real photo, large enough for DCT-scaled decoding of 64-pixel crops."""
+    return write_jpeg(tmp_path_factory.mktemp("train") / "chelsea.jpg", photo("chelsea").resize((1024, 768), Image.Resampling.BICUBIC))
+
+
+def reference_crop(size: int) -> v2.Compose:
+    """The training augmentation of the project's `Preprocessing.train_transform`, before normalization."""
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def test_drafted_crop_shape_and_type(large_jpeg):
+    crop = DraftedRandomResizedCrop(64)(str(large_jpeg))
+
+    assert crop.shape == (3, 64, 64)
+    assert crop.dtype == torch.uint8
+
+
+def test_drafted_crop_repeats_with_seed(large_jpeg):
+    transform = DraftedRandomResizedCrop(64)
+
+    torch.manual_seed(3)
+    first = transform(str(large_jpeg))
+    torch.manual_seed(3)
+    second = transform(str(large_jpeg))
+
+    assert torch.equal(first, second)
+
+
+def test_drafted_crop_draws_like_torchvision(large_jpeg):
+    # With the same seed both draw the same box and flip, so the crops differ only by the
+    # DCT-scaled decoding and the resampling.
+    transform, reference = DraftedRandomResizedCrop(64), reference_crop(64)
+    differences = []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        ours = transform(str(large_jpeg)).float()
+        torch.manual_seed(seed)
+        theirs = reference(Image.open(large_jpeg).convert("RGB")).float()
+        differences.append((ours - theirs).abs().mean().item())
+
+    assert np.median(differences) < 3.0
+    assert max(differences) < 8.0
+
+
+def test_drafted_crops_keep_channel_statistics(large_jpeg):
+    transform, reference = DraftedRandomResizedCrop(64), reference_crop(64)
+    torch.manual_seed(0)
+    ours = torch.stack([transform(str(large_jpeg)) for _ in range(100)]).float()
+    theirs = torch.stack([reference(Image.open(large_jpeg).convert("RGB")) for _ in range(100)]).float()
+
+    assert torch.allclose(ours.mean(dim=(0, 2, 3)), theirs.mean(dim=(0, 2, 3)), atol=6.0)
+    assert torch.allclose(ours.std(dim=(0, 2, 3)), theirs.std(dim=(0, 2, 3)), atol=6.0)
+
+
+def test_drafted_crop_of_grayscale_png(tmp_path):
+    path = tmp_path / "gray.png"
+    photo("coffee").convert("L").save(path)
+
+    crop = DraftedRandomResizedCrop(32)(str(path))
+
+    assert crop.shape == (3, 32, 32)
+    assert torch.equal(crop[0], crop[1])
+
+
+def test_draft_reduces_for_large_box(large_jpeg):
+    with Image.open(large_jpeg) as image:
+        reduction = _draft_for_box(image, 800, 600, 64)
+
+        assert reduction == 8
+        assert image.size == (128, 96)
+
+
+def test_draft_keeps_small_box_whole(large_jpeg):
+    with Image.open(large_jpeg) as image:
+        reduction = _draft_for_box(image, 100, 100, 64)
+
+        assert reduction == 1
+        assert image.size == (1024, 768)
