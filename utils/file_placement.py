@@ -76,33 +76,29 @@ class FilePlacer:
         # String paths: pathlib objects cost more per file than the link itself.
         target = os.path.join(self._folder_text, planned.target)
         try:
-            # A link is tried first: in a new folder it succeeds with one system call, and only an
+            # Creating the entry is tried first: in a new folder it succeeds at once, and only an
             # existing entry (a resumed build) needs the checks below.
-            if self.mode != "copy" and self._try_link(planned, target):
+            if self._try_create(planned, target):
                 return
             if is_in_place(target, planned, self.mode):
                 return
-            if os.path.lexists(target):
-                os.unlink(target)
-            if self.mode == "symlink":
-                os.symlink(planned.source, target)
-            elif self.mode == "hardlink":
-                self._link_or_copy(planned.source, target)
-            else:
-                copy_file(planned.source, target)
+            os.unlink(target)
+            self._try_create(planned, target)
         except OSError as error:
             raise UserError(
                 f"placing {planned.source} at {target} failed: {error.strerror or error}; free disk space or fix "
                 "the permissions of the output folder, or choose another one, then run again to resume"
             ) from error
 
-    def _try_link(self, planned: PlannedFile, target: str) -> bool:
-        """Create the link of a link mode; return False when an entry of that name exists already."""
+    def _try_create(self, planned: PlannedFile, target: str) -> bool:
+        """Create the copy or link at a new name; return False when an entry of that name exists already."""
         try:
             if self.mode == "symlink":
                 os.symlink(planned.source, target)
-            else:
+            elif self.mode == "hardlink":
                 self._link_or_copy(planned.source, target)
+            else:
+                copy_file(planned.source, target)
         except FileExistsError:
             return False
         return True
@@ -131,24 +127,23 @@ class FilePlacer:
 
 
 def copy_file(source: Path | str, target: Path | str) -> None:
-    """Copy ``source`` to a temporary name beside ``target`` and rename it, so ``target`` is never partial.
+    """Copy ``source`` to ``target``, which must not exist yet (FileExistsError otherwise).
 
     The bytes move with `os.sendfile` inside the kernel, without the extra `stat` calls of
-    `shutil.copyfile`, which made copying a subset slower than `shutil.copytree`.
+    `shutil.copyfile`. A copy cut short by an error is deleted. A copy cut short by a killed
+    process is shorter than its source, and `is_in_place` then rejects it, so a re-run copies it
+    again; subsets are built in a temporary folder, so no short file appears under a final name.
 
-    NOTE: the copy is not fsynced. A killed process cannot leave a partial ``target``, but a power
-    loss may, and a re-run only notices it when the size is wrong.
+    NOTE: the copy is not fsynced. After a power loss, a file of the right size may still hold
+    bytes that never reached the disk, and a re-run does not notice that.
     """
-    head, name = os.path.split(os.fspath(target))
-    temporary = os.path.join(head, f".{name}.part")
-    try:
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
+    with open(source, "rb") as reader, open(target, "xb") as writer:
+        try:
             _copy_contents(reader, writer)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            raise
 
 
 def _copy_contents(reader, writer) -> None:

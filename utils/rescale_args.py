@@ -114,7 +114,7 @@ def build_parser(config: ProjectConfig) -> argparse.ArgumentParser:
     network.add_argument("--batch-size", type=_positive_int, default=config.batch_size, metavar="N", help=f"images per forward pass and process (default: {config.batch_size})")
     network.add_argument("--workers", type=_non_negative_int, default=config.workers, metavar="N", help=f"DataLoader worker processes per process (default: {config.workers})")
     network.add_argument("--topk", type=_positive_int, default=config.topk, metavar="K", help=f"predictions stored per image (default: {config.topk})")
-    network.add_argument("--no-draft", dest="draft", action="store_false", help="decode JPEGs at full resolution instead of at the smallest DCT scale (1/2, 1/4, 1/8) that keeps twice the resized size")
+    network.add_argument("--no-draft", dest="draft", action="store_false", help="decode JPEGs at full resolution instead of at the smallest DCT scale (1/2, 1/4, 1/8) that keeps 1.5 times the resized size")
     network.add_argument("--trust-checkpoint", action="store_true", help="unpickle checkpoints fully (can run code from the file); only for files from a trusted source")
     network.add_argument("--skip-unknown-classes", action="store_true", help="leave out dataset classes the network does not know instead of stopping")
 
