@@ -76,7 +76,7 @@ def test_resamplers_agree_within_one_level():
     assert (torch_pixels.int() - pil_pixels.int()).abs().max() <= 1
 
 
-def test_draft_skipped_without_twice_the_size(tmp_path):
+def test_draft_skipped_below_gap(tmp_path):
     # 512x600 would draft to exactly 256x300 at 1/2, with no resize left to filter the image.
     path = write_jpeg(tmp_path / "exact.jpg", photo("grace_hopper").resize((512, 600)))
     transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
@@ -85,12 +85,13 @@ def test_draft_skipped_without_twice_the_size(tmp_path):
         assert transform.draft_request(image, 256, 300, orientation=1) is None
 
 
-def test_draft_used_with_twice_the_size(tmp_path):
-    path = write_jpeg(tmp_path / "large.jpg", photo("grace_hopper").resize((1100, 1290)))
+def test_draft_used_above_gap(tmp_path):
+    # 1.5 times the resized 256x300 is 384x450, which a 1/2 reduction of 800x938 still covers.
+    path = write_jpeg(tmp_path / "large.jpg", photo("grace_hopper").resize((800, 938)))
     transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
 
     with Image.open(path) as image:
-        assert transform.draft_request(image, 256, 300, orientation=1) == (512, 600)
+        assert transform.draft_request(image, 256, 300, orientation=1) == (384, 450)
 
 
 def test_decode_jpeg_file_matches_pil():
