@@ -8,7 +8,7 @@ file and set the environment variable RESCALE_CONFIG to the path of the copy.
 # Dataset to rescale: 'ImageNet', 'Places365', 'FashionMNIST' (the offline demo) or 'ImageFolder'.
 DataRescale = 'ImageNet'
 
-# ImageNet (ILSVRC2012): `root` holds train/<wnid>/ and val/ in any layout listed in README.md.
+# ImageNet (ILSVRC2012): `root` contains train/<wnid>/ and val/ in any layout listed in README.md.
 ImageNet = dict(
     root='data/ImageNet',                # dataset root, read only
     results='Result_Rescaled_ImageNet',  # validation outcomes, statistics, class lists and reports

@@ -110,7 +110,8 @@ def test_lowest_accuracy_strategy(tmp_path):
 def test_random_strategy_differs_from_method(tmp_path):
     method = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path / "m"), "--sizes", "30", "--random-baselines", "5")
     control = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path / "r"), "--sizes", "30", "--random-baselines", "5", "--strategy", "random")
-    assert method.returncode == 0 and control.returncode == 0
+    assert method.returncode == 0, method.stderr
+    assert control.returncode == 0, control.stderr
     assert (tmp_path / "m" / "ReIN30.txt").read_text() != (tmp_path / "r" / "ReIN30.txt").read_text()
 
 

@@ -101,7 +101,7 @@ def extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"checkpoint {path} holds no state dict (expected tensors under 'state_dict', 'model' or at the top level)")
+        raise UserError(f"checkpoint {path} contains no state dict (expected tensors under 'state_dict', 'model' or at the top level)")
     return obj
 
 

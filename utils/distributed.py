@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits in a torchrun job (rank 0 of 1 without torchrun)."""
+    """The rank, world size and local rank of this process in a torchrun job (rank 0 of 1 without torchrun)."""
 
     rank: int = 0
     world_size: int = 1

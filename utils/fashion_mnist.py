@@ -1,6 +1,6 @@
 """The offline demo: Fashion-MNIST written as an ImageFolder tree, and a small CNN trained on it.
 
-Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017) holds 70,000 real 28x28 grayscale photos of
+Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017) contains 70,000 real 28x28 grayscale photos of
 clothing in 10 classes. The raw files come from Debian's `dataset-fashion-mnist` package when
 present, otherwise from torchvision's download. The tree uses the test split as validation.
 
@@ -66,7 +66,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _download(folder: Path) -> Path:
-    """Fetch the raw files with torchvision into ``folder`` and return the folder that holds them."""
+    """Fetch the raw files with torchvision into ``folder`` and return the folder that contains them."""
     from torchvision.datasets import FashionMNIST
 
     log.info("%s not found; downloading Fashion-MNIST with torchvision to %s", DEBIAN_FOLDER, folder)
@@ -83,9 +83,9 @@ def _download(folder: Path) -> Path:
 
 def raw_folder(download_to: Path) -> Path:
     """Return the folder with the four raw Fashion-MNIST files, downloading them if needed."""
-    wanted = [name for pair in RAW_FILES.values() for name in pair]
+    required = [name for pair in RAW_FILES.values() for name in pair]
     for folder in (DEBIAN_FOLDER, download_to / "FashionMNIST" / "raw"):
-        if all((folder / name).is_file() for name in wanted):
+        if all((folder / name).is_file() for name in required):
             return folder
     return _download(download_to)
 

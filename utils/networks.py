@@ -210,7 +210,7 @@ def _project_checkpoint(path: Path, trust: bool, expected_arch: str | None = Non
             "for a torchvision architecture pass --model <name> --weights <file>"
         )
     if expected_arch and checkpoint["arch"] != expected_arch:
-        raise UserError(f"{path} holds a {checkpoint['arch']} network, not {expected_arch}; set --model {checkpoint['arch']}")
+        raise UserError(f"{path} contains a {checkpoint['arch']} network, not {expected_arch}; set --model {checkpoint['arch']}")
     trained = network_from_checkpoint(checkpoint, str(path))
     preprocessing = Preprocessing(
         resize=trained.preprocessing.resize_size,
