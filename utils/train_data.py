@@ -17,7 +17,9 @@ absolute pixel difference stays below 3 grey levels.
 """
 
 import fnmatch
+import functools
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from math import ceil
@@ -237,9 +239,20 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed NumPy in a DataLoader worker from the torch seed that PyTorch gives each worker."""
+# Niceness of DataLoader workers in CPU training: 19 is the lowest priority of a normal process.
+CPU_WORKER_NICENESS = 19
+
+
+def seed_worker(worker_id: int, lower_priority: bool = False) -> None:
+    """Seed NumPy in a DataLoader worker from the torch seed that PyTorch gives each worker.
+
+    With ``lower_priority`` (training on the CPU) the worker also takes the lowest priority, so it
+    decodes on the CPU time that the training threads leave idle instead of preempting them: a
+    preempted thread stalls the others at the next synchronization of a parallel operation.
+    """
     np.random.seed(torch.initial_seed() % 2**32)
+    if lower_priority:
+        os.nice(CPU_WORKER_NICENESS)
 
 
 def load_split(root: Path, split: str, transform, loader=None) -> TrainingImages:
@@ -284,7 +297,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
         num_workers=workers,
         pin_memory=device.type == "cuda",
         drop_last=drop_last,
-        worker_init_fn=seed_worker,
+        worker_init_fn=functools.partial(seed_worker, lower_priority=device.type == "cpu"),
     )
 
 
