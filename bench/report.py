@@ -179,10 +179,12 @@ EXPLANATION = """## What each row measures
   NumPy in the calling thread and a reused output buffer.
 - The training loaders crop with `DraftedRandomResizedCrop` (the crop box drawn as torchvision's
   `RandomResizedCrop` draws it, the JPEG decoded at the smallest DCT scale at which the box still
-  covers the output size) and return uint8 images, normalized per batch. In CPU training the
-  loader workers run at the lowest priority (niceness 19), so decoding uses the CPU time the
-  training threads leave idle instead of preempting them.
+  covers the output size) and return uint8 images, normalized per batch.
 - Channels-last memory for the validation pass and for training, on the CPU too.
+- The validation pass folds each batch norm into the preceding convolution (`torch.fx`), which
+  computes the same function up to float rounding with one layer less.
+- Next to CPU computation (the validation pass and training on the CPU), the DataLoader workers
+  run at the lowest priority, so decoding takes the CPU time the network's threads leave idle.
 - Statistics sort only the misclassified images, once; subset scoring sorts images by class
   with a 16-bit radix sort; subset building hands files to its threads in chunks of 64 and
   creates each copy or link before checking for an existing entry.

@@ -7,6 +7,7 @@ The baselines are written as a user would without this project: PIL decoding, th
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import v2
@@ -15,6 +16,7 @@ from tests.helpers import PHOTOS, photo, write_jpeg
 from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file
 from utils.networks import IMAGENET_MEAN, IMAGENET_STD, load_network
 from utils.train_data import DraftedRandomResizedCrop, _draft_for_box
+from utils.validation_pass import fold_batch_norms
 
 CPU = torch.device("cpu")
 
@@ -206,3 +208,40 @@ def test_draft_keeps_small_box_whole(large_jpeg):
 
         assert reduction == 1
         assert image.size == (1024, 768)
+
+
+class DataDependent(torch.nn.Module):
+    """A network with control flow on tensor values, which torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.norm = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.norm(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18"])
+def test_folded_batch_norms_same_outputs(name):
+    torch.manual_seed(0)
+    network = torchvision.models.get_model(name, num_classes=10)
+    with torch.no_grad():  # batch-norm statistics that differ from the defaults
+        network.train()(torch.randn(16, 3, 96, 96))
+    network.eval()
+    folded = fold_batch_norms(network)
+    batch = torch.randn(4, 3, 96, 96)
+
+    with torch.inference_mode():
+        plain, fast = network(batch), folded(batch)
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(plain, fast, atol=1e-4, rtol=1e-4)
+    assert torch.equal(plain.argmax(1), fast.argmax(1))
+
+
+def test_untraceable_network_left_unchanged():
+    network = DataDependent().eval()
+
+    assert fold_batch_norms(network) is network

@@ -17,6 +17,7 @@ tensors, so conversion to float and normalization happen once per batch on the t
 """
 
 import logging
+import os
 import struct
 import warnings
 import zlib
@@ -265,3 +266,17 @@ class BatchNormalizer:
 def normalize_batch(images: torch.Tensor, mean, std, device: torch.device, channels_last: bool = True) -> torch.Tensor:
     """Move a uint8 NCHW batch to ``device`` and normalize it to float32 there (see `BatchNormalizer`)."""
     return BatchNormalizer(mean, std, device, channels_last)(images)
+
+
+# Niceness of DataLoader workers next to CPU computation: 19 is the lowest priority of a normal process.
+CPU_WORKER_NICENESS = 19
+
+
+def lower_worker_priority(worker_id: int) -> None:
+    """Give a DataLoader worker the lowest priority (its ``worker_init_fn`` when the network runs on the CPU).
+
+    The worker then decodes on the CPU time that the network's threads leave idle instead of
+    preempting them, because a preempted thread stalls the others at the next synchronization of a
+    parallel operation. On a GPU machine the workers keep their priority.
+    """
+    os.nice(CPU_WORKER_NICENESS)

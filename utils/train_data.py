@@ -19,7 +19,6 @@ absolute pixel difference stays below 3 grey levels.
 import fnmatch
 import functools
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from math import ceil
@@ -34,7 +33,7 @@ from torchvision.transforms import RandomResizedCrop, v2
 
 from utils.distributed import DistributedContext
 from utils.errors import UserError
-from utils.image_decoding import BatchNormalizer, EXIF_ORIENTATION, to_rgb
+from utils.image_decoding import EXIF_ORIENTATION, BatchNormalizer, lower_worker_priority, to_rgb
 from utils.train_images import SkipUnreadable, TrainingImages, natural_key
 
 log = logging.getLogger(__name__)
@@ -239,20 +238,15 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-# Niceness of DataLoader workers in CPU training: 19 is the lowest priority of a normal process.
-CPU_WORKER_NICENESS = 19
-
-
 def seed_worker(worker_id: int, lower_priority: bool = False) -> None:
     """Seed NumPy in a DataLoader worker from the torch seed that PyTorch gives each worker.
 
-    With ``lower_priority`` (training on the CPU) the worker also takes the lowest priority, so it
-    decodes on the CPU time that the training threads leave idle instead of preempting them: a
-    preempted thread stalls the others at the next synchronization of a parallel operation.
+    With ``lower_priority`` (training on the CPU) the worker also takes the lowest priority
+    (see `lower_worker_priority`).
     """
     np.random.seed(torch.initial_seed() % 2**32)
     if lower_priority:
-        os.nice(CPU_WORKER_NICENESS)
+        lower_worker_priority(worker_id)
 
 
 def load_split(root: Path, split: str, transform, loader=None) -> TrainingImages:

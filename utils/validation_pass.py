@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from utils.distributed import DistributedContext, gather_to_main
 from utils.errors import UserError
-from utils.image_decoding import DECODE_ERRORS, BatchNormalizer, EvalTransform, Preprocessing
+from utils.image_decoding import lower_worker_priority, DECODE_ERRORS, BatchNormalizer, EvalTransform, Preprocessing
 from utils.layouts import Split
 from utils.networks import PretrainedNetwork
 from utils.outcomes import Outcomes
@@ -90,14 +91,33 @@ def make_validation_loader(preprocessing: Preprocessing, split: Split, indices: 
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        worker_init_fn=lower_worker_priority if device.type == "cpu" else None,
     )
+
+
+# Errors of torch.fx tracing, raised for networks with data-dependent control flow.
+TRACING_ERRORS = (torch.fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError)
+
+
+def fold_batch_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """Return a copy of an evaluation-mode network whose batch norms are folded into the preceding convolutions.
+
+    The folded network computes the same function up to float rounding with one layer less per
+    convolution, which made mobilenet_v3_small about 1.5 times and resnet50 about 1.1 times as fast
+    on a 2-core CPU. A network that torch.fx cannot trace is returned unchanged, with a log line.
+    """
+    try:
+        return fuse(module)
+    except TRACING_ERRORS as error:
+        log.info("running %s without folding its batch norms: torch.fx could not trace it (%s)", type(module).__name__, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return module
 
 
 def _run_shard(network: PretrainedNetwork, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int, topk: int, show_progress: bool) -> ShardResult:
     loader = make_validation_loader(network.preprocessing, split, indices, device, batch_size, workers)
     # Channels-last memory is faster on CUDA and also on the CPU, where oneDNN's convolutions ran
     # resnet50 and mobilenet_v3_small about 1.5 times as fast in it (2-core AMD EPYC, torch 2.14).
-    model = network.module.to(device).eval().to(memory_format=torch.channels_last)
+    model = fold_batch_norms(network.module.eval()).to(device).to(memory_format=torch.channels_last)
     k = min(topk, len(network.class_names))
     kept_indices, kept_topk, kept_probs, skipped = [], [], [], []
     normalize = BatchNormalizer(network.preprocessing.mean, network.preprocessing.std, device, channels_last=True, reuse_output=True)
