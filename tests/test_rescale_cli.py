@@ -1,5 +1,8 @@
 """RescaleDataset.py from the command line: help, defaults, user errors and imported outcomes."""
 
+import os
+import stat
+
 import pytest
 
 from tests.helpers import SHARED, run_script, tree_digest
@@ -94,6 +97,18 @@ def test_imported_outcomes_need_no_dataset(tmp_path):
         assert b"\r" not in (tmp_path / name).read_bytes()
     for name in ("summary.md", "summary.csv", "reports/ReIN30.md", "reports/ReIN30.csv", "statistics/per_class.csv", "statistics/confusions.csv", "statistics/sensitive_images.csv"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        run = run_script("RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path),
+                         "--sizes", "30", "--random-baselines", "2")
+    finally:
+        os.umask(umask)
+    assert run.returncode == 0, run.stderr
+    for name in ("ReIN30.txt", "summary.md", "reports/ReIN30.csv", "statistics/per_class.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
 
 
 def test_lowest_accuracy_strategy(tmp_path):

@@ -16,6 +16,13 @@ log = logging.getLogger(__name__)
 TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
+def _file_mode() -> int:
+    """Return the permissions `open` gives a new file under the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_output(path: Path, mode: str = "w", **open_kwargs):
     """Open a temporary file beside ``path`` for writing, and rename it to ``path`` on success.
@@ -34,6 +41,8 @@ def atomic_output(path: Path, mode: str = "w", **open_kwargs):
         raise write_error(path, error) from error
     try:
         with os.fdopen(handle, mode, **open_kwargs) as stream:
+            # `mkstemp` creates the file readable by its owner only; outputs get the usual permissions.
+            os.fchmod(stream.fileno(), _file_mode())
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
