@@ -255,6 +255,21 @@ def test_killed_training_resumes(subsets, tmp_path, caplog):
     assert tree_digest(subsets) == before
 
 
+def test_killed_training_with_workers_reruns_at_once(subsets, tmp_path, caplog):
+    # A DataLoader worker outlives its killed parent by up to 5 seconds; it must not hold the run's lock.
+    args = train_args(subsets, tmp_path, "--epochs", "1", "--seed", "5", "--workers", "2")
+    # Output goes to a file: waiting for a pipe's end would also wait for the orphaned workers.
+    with (tmp_path / "killed.log").open("w") as output:
+        killed = subprocess.Popen([PYTHON, SCRIPT, *args, "--debug-kill-at-step", "2"], cwd=REPO, stdout=output,
+                                  stderr=subprocess.STDOUT, env=dict(os.environ, **THREADS_ENV))
+        assert killed.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+
+    assert run_main(train_main, args) == 0
+    assert "resuming" not in caplog.text
+    assert "epoch 1/1 started" in caplog.text
+    assert check_checkpoints(tmp_path / "checkpoints" / "fashion_mnist_cnn_ReIN3")["last.pth"] == 1
+
+
 # 19. The disk fills up while building a subset or writing a checkpoint
 
 def limit_file_size(limit: int):

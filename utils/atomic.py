@@ -84,12 +84,36 @@ def remove_stale_temporaries(*folders: Path) -> None:
             log.info("removed %d temporary files that an interrupted run left in %s", len(stale), folder)
 
 
+# Descriptors of the lock files this process holds, released in forked children (below).
+_held_lock_descriptors: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child, point each inherited lock descriptor at /dev/null.
+
+    A `flock` lock lasts while any descriptor of its open file exists, and a forked child, such
+    as a DataLoader worker, inherits them all. Without this, a worker orphaned by a killed run
+    would keep the run's folder locked until it noticed and exited. The descriptor numbers stay
+    valid, so the child's copy of the lock's file object still closes cleanly.
+    """
+    if not _held_lock_descriptors:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for descriptor in _held_lock_descriptors:
+        os.dup2(null, descriptor)
+    os.close(null)
+    _held_lock_descriptors.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextmanager
 def exclusive_lock(folder: Path, purpose: str):
     """Hold an exclusive lock on ``folder`` for the duration of the block, or fail at once.
 
     The lock is an advisory `flock` on `<folder>/.lock`; the kernel releases it when the process
-    ends, so a killed run never leaves a stale lock behind.
+    ends, so a killed run never leaves a stale lock behind. Forked children do not hold it.
     """
     lock_path = folder / ".lock"
     try:
@@ -113,6 +137,8 @@ def exclusive_lock(folder: Path, purpose: str):
         stream.truncate()
         stream.write(f"{purpose} (pid {os.getpid()})")
         stream.flush()
+        _held_lock_descriptors.add(stream.fileno())
         yield
     finally:
+        _held_lock_descriptors.discard(stream.fileno())
         stream.close()
