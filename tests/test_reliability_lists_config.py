@@ -98,6 +98,25 @@ def test_list_entry_unknown_or_path_like(dataset, tmp_path, caplog, entry, messa
     assert tree_digest(root) == before
 
 
+@pytest.mark.parametrize("case", ["same name in two folders", "same file twice", "one class"])
+def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog, case):
+    root, before, network = dataset
+    first = write_list(tmp_path / "mine" / "ReFM2.txt", b"trouser\npullover\n")
+    second = write_list(tmp_path / "theirs" / "ReFM2.txt", b"dress\ncoat\n")
+    single = write_list(tmp_path / "mine" / "ReFM1.txt", b"trouser\n")
+    lists, message = {
+        "same name in two folders": ([first, second], f"list files {first} and {second} both give the subset name 'ReFM2'; rename one"),
+        "same file twice": ([first, first], f"list file {first} is given twice to --lists"),
+        "one class": ([first, single], f"list file {single} names only 1 class; a subset needs at least 2, so add another class"),
+    }[case]
+
+    assert rescale("--lists", *lists, *rescale_args(root, tmp_path / "results", tmp_path / "out", network)) == 1
+
+    assert message in errors(caplog)
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(root) == before
+
+
 # 10. A subset size of 0, 1, negative, larger than the number of classes, or not an integer
 
 @pytest.mark.parametrize("size, message", [
@@ -188,6 +207,45 @@ def test_output_folder_inside_dataset_root(dataset, tmp_path, caplog, where):
     assert f"the {what} " in errors(caplog)
     assert f"is inside the dataset root {root}, where nothing may be written" in errors(caplog)
     assert "validation pass" not in caplog.text
+    assert tree_digest(root) == before
+
+
+@pytest.mark.parametrize("lists", [False, True])
+def test_results_folder_equal_to_subsets_folder(dataset, tmp_path, caplog, lists):
+    root, before, network = dataset
+    both = tmp_path / "both"
+    listed = ["--lists", write_list(tmp_path / "ReFM2.txt", b"trouser\npullover\n")] if lists else []
+
+    assert rescale(*listed, *rescale_args(root, both, both, network)) == 1
+
+    assert f"the results folder and the subsets folder are both {both}" in errors(caplog)
+    assert "choose another folder with --out or --results" in errors(caplog)
+    assert not both.exists()
+    assert tree_digest(root) == before
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "/tmp/abs", "sub/ReFM", "", ".hidden", "..", "a\\b"])
+def test_prefix_that_is_not_a_plain_name(dataset, tmp_path, capsys, prefix):
+    root, before, network = dataset
+    outside = tree_digest(tmp_path)
+
+    with pytest.raises(SystemExit) as exit_status:
+        rescale(*rescale_args(root, tmp_path / "results", tmp_path / "out", network, "--prefix", prefix))
+
+    assert exit_status.value.code == 2
+    assert f"argument --prefix: subset name prefix {prefix!r} is not a plain folder name" in capsys.readouterr().err
+    assert tree_digest(tmp_path) == outside
+    assert tree_digest(root) == before
+
+
+def test_prefix_that_is_not_a_plain_name_in_config_file(dataset, tmp_path, monkeypatch, caplog):
+    root, before, network = dataset
+    config = edited_config(tmp_path, "    prefix='ReIN',", "    prefix='../ReIN',")
+    monkeypatch.setenv("RESCALE_CONFIG", str(config))
+
+    assert rescale() == 1
+
+    assert f"{config}: ImageNet['prefix'] '../ReIN' is not a plain folder name" in errors(caplog)
     assert tree_digest(root) == before
 
 

@@ -92,7 +92,7 @@ def check_classes(
     )
 
 
-def check_folder_name(name: str, what: str) -> str:
+def check_folder_name(name: str, what: str, example: str = "ReIN30") -> str:
     """Return ``name`` if it is safe as a single folder name, or raise UserError naming ``what``.
 
     Safe names start with a letter or digit and contain only letters, digits and `_ . + -`, so
@@ -101,7 +101,7 @@ def check_folder_name(name: str, what: str) -> str:
     if not FOLDER_NAME.fullmatch(name) or ".." in name:
         raise UserError(
             f"{what} {name!r} is not a plain folder name; use letters, digits and _ . + - only, "
-            "starting with a letter or digit, such as ReIN30"
+            f"starting with a letter or digit, such as {example}"
         )
     return name
 

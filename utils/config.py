@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from utils.class_lists import check_folder_name
 from utils.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +158,7 @@ def _dataset_config(module: ModuleType, name: str, source: Path) -> DatasetConfi
         root=resolve_path(values["root"], base),
         results=resolve_path(values["results"], base),
         subsets=resolve_path(values["subsets"], base),
-        prefix=values["prefix"],
+        prefix=check_folder_name(values["prefix"], f"{source}: {name}['prefix']", example="ReIN"),
         sizes=check_sizes(values["sizes"], f"{source}: {name}['sizes']"),
         model=values["model"],
         weights=values["weights"],

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_outputs_outside_root(settings: RescaleSettings) -> None:
-    """Raise UserError when the results or subsets folder is the dataset root or lies inside it.
+    """Raise UserError when the results or subsets folder is the dataset root or lies inside it,
+    or when the two are the same folder.
 
     Runs before anything is written, because even the results folder's lock file would change the
     dataset root. Symbolic links are resolved first.
@@ -71,6 +72,11 @@ def check_outputs_outside_root(settings: RescaleSettings) -> None:
                 f"the {what} {folder} is inside the dataset root {root}, where nothing may be written; "
                 f"choose a folder outside the dataset with {flag} or in the configuration file"
             )
+    if len(folders) == 2 and settings.results.expanduser().resolve() == settings.subsets.expanduser().resolve():
+        raise UserError(
+            f"the results folder and the subsets folder are both {settings.subsets}; each run locks both, "
+            "so they must differ: choose another folder with --out or --results"
+        )
 
 
 def _local_context() -> DistributedContext:
@@ -267,10 +273,20 @@ def build_from_list_files(settings: RescaleSettings) -> None:
     """--lists: build subsets named after the list files, without running a network."""
     layout = open_layout(settings)
     known = layout.classes()
-    subsets = {}
+    subsets, sources = {}, {}
     for path in settings.lists:
+        name = subset_name_from_list(path)
+        if sources.get(name) == path:
+            raise UserError(f"list file {path} is given twice to --lists; give each file once")
+        if name in sources:
+            raise UserError(
+                f"list files {sources[name]} and {path} both give the subset name {name!r}; "
+                "rename one of them, since each list file's name becomes its subset's folder name"
+            )
         names = read_class_list(path)
+        if len(names) < 2:
+            raise UserError(f"list file {path} names only 1 class; a subset needs at least 2, so add another class")
         check_classes(names, known, str(path))
-        subsets[subset_name_from_list(path)] = names
+        subsets[name], sources[name] = names, path
     build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
 

@@ -8,6 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.class_lists import check_folder_name
 from utils.config import DATASETS, MODES, STRATEGIES, DatasetConfig, ProjectConfig, check_sizes, resolve_path
 from utils.errors import UserError
 
@@ -76,6 +77,13 @@ def _size(text: str) -> int:
     return value
 
 
+def _prefix(text: str) -> str:
+    try:
+        return check_folder_name(text, "subset name prefix", example="ReIN")
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -101,7 +109,7 @@ def build_parser(config: ProjectConfig) -> argparse.ArgumentParser:
     data.add_argument("--data", type=Path, metavar="DIR", help=f"dataset root folder, read only (default: {chosen.root})")
     data.add_argument("--results", type=Path, metavar="DIR", help=f"folder for outcomes, statistics, lists and reports (default: {chosen.results})")
     data.add_argument("--out", type=Path, metavar="DIR", help=f"folder the subsets are built in (default: {chosen.subsets})")
-    data.add_argument("--prefix", help=f"subset name prefix (default: {chosen.prefix})")
+    data.add_argument("--prefix", type=_prefix, help=f"subset name prefix (default: {chosen.prefix})")
     data.add_argument("--sizes", type=_size, nargs="+", metavar="N", help=f"classes per subset (default: {' '.join(map(str, chosen.sizes))})")
 
     network = parser.add_argument_group("validation pass")
