@@ -51,6 +51,18 @@ def test_truncated_file_clear_error(tmp_path):
         load_outcomes(path)
 
 
+@pytest.mark.parametrize("content", [b"", b"path,true,predicted\na.png,cat,cat\n"])
+def test_npz_that_is_no_archive_rejected(tmp_path, content):
+    path = tmp_path / "outcomes.npz"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as error:
+        import_outcomes(path)
+    assert str(error.value) == (
+        f"--outcomes: outcomes file {path} is truncated or corrupt: it is empty or not an .npz (zip) archive; "
+        "give an outcomes .npz that RescaleDataset.py wrote, a .csv file or a folder with true_labels.npy"
+    )
+
+
 def test_foreign_npz_rejected(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, meta=np.asarray(json.dumps({"format": "something-else"})))

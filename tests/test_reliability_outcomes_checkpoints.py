@@ -138,13 +138,15 @@ def test_damaged_outcomes_or_checkpoint(dataset, tmp_path, caplog, damage):
     text = run_and_log(caplog, *args)
     assert f"outcomes file {stored} is truncated or corrupt" in text
     assert "running the validation pass again" in text
+    assert "--recompute" not in text
     assert len(load_outcomes(stored)) == 9
 
     # A damaged file given to --outcomes is an error.
     imported = tmp_path / "imported.npz"
     imported.write_bytes(damaged(stored.read_bytes(), damage))
     assert rescale("--outcomes", imported, *args) == 1
-    assert f"outcomes file {imported} is truncated or corrupt" in errors(caplog)
+    assert f"--outcomes: outcomes file {imported} is truncated or corrupt" in errors(caplog)
+    assert "give an outcomes .npz that RescaleDataset.py wrote" in errors(caplog)
 
     # A damaged network checkpoint is an error.
     broken = tmp_path / "broken.pth"

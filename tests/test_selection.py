@@ -90,6 +90,13 @@ def test_invalid_sizes_rejected(size):
         select_subsets(stats, (size,), "sensitive-confused", 0.2, 0)
 
 
+def test_outcomes_of_one_class_rejected():
+    # Outcomes cover only class a, so no subset of 2 classes can be formed.
+    stats = stats_from(["a", "b", "c"], [(0, 0, 8), (0, 1, 2)])
+    with pytest.raises(UserError, match="only 1 class has validation images, and a subset needs at least 2"):
+        select_subsets(stats, (2,), "sensitive-confused", 0.2, 0)
+
+
 def test_unknown_strategy_lists_valid_ones():
     stats = stats_from(NAMES, PAIRS)
     with pytest.raises(UserError, match="lowest-accuracy"):

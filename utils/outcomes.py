@@ -129,8 +129,16 @@ def save_outcomes(outcomes: Outcomes, path: Path) -> None:
     log.info("wrote outcomes of %d images to %s", len(outcomes), path)
 
 
+class DamagedOutcomes(UserError):
+    """An outcomes archive that is truncated, corrupt or incomplete; callers add the fix."""
+
+
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def load_outcomes(path: Path) -> Outcomes:
     """Read an outcomes archive written by `save_outcomes`, or raise a clear error if it is damaged."""
+    _check_zip_signature(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
@@ -153,13 +161,26 @@ def load_outcomes(path: Path) -> Outcomes:
         raise UserError(f"outcomes file {path} not found; check the path") from None
     # zipfile raises NotImplementedError for record flags it does not support, which damage can set.
     except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, NotImplementedError) as error:
-        raise UserError(
-            f"outcomes file {path} is truncated or corrupt ({type(error).__name__}: {error}); "
-            "delete it and run the validation pass again (--recompute)"
-        ) from error
+        raise DamagedOutcomes(f"outcomes file {path} is truncated or corrupt ({type(error).__name__}: {error})") from error
     if meta.get("num_images") != len(outcomes):
-        raise UserError(f"outcomes file {path} is incomplete: {len(outcomes)} of {meta.get('num_images')} images; run with --recompute")
+        raise DamagedOutcomes(f"outcomes file {path} is incomplete: {len(outcomes)} of {meta.get('num_images')} images")
     return outcomes
+
+
+def _check_zip_signature(path: Path) -> None:
+    """Raise DamagedOutcomes unless ``path`` starts like a zip archive, as every `.npz` does.
+
+    Without this check `np.load` takes any other file for a pickle and reports pickled data.
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4)
+    except FileNotFoundError:
+        raise UserError(f"outcomes file {path} not found; check the path") from None
+    except OSError as error:
+        raise UserError(f"outcomes file {path} cannot be read: {error.strerror or error}") from None
+    if head not in ZIP_SIGNATURES:
+        raise DamagedOutcomes(f"outcomes file {path} is truncated or corrupt: it is empty or not an .npz (zip) archive")
 
 
 def import_outcomes(path: Path) -> Outcomes:
@@ -171,7 +192,11 @@ def import_outcomes(path: Path) -> Outcomes:
     elif path.suffix.lower() == ".csv":
         outcomes = _import_csv(path)
     elif path.suffix.lower() == ".npz":
-        outcomes = load_outcomes(path)
+        try:
+            outcomes = load_outcomes(path)
+        except DamagedOutcomes as error:
+            raise UserError(f"--outcomes: {error}; give an outcomes .npz that RescaleDataset.py wrote, a .csv file "
+                            "or a folder with true_labels.npy") from None
     else:
         raise UserError(f"--outcomes {path}: unknown format; give an outcomes .npz, a .csv file or a folder with true_labels.npy")
     outcomes.meta.setdefault("source", f"import:{path}")

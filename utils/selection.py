@@ -84,6 +84,12 @@ def select_subsets(stats: Statistics, sizes: tuple[int, ...], strategy: str, min
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     available = len(stats.present)
+    if available < 2:
+        raise UserError(
+            f"only {available} {'class has' if available == 1 else 'classes have'} validation images, "
+            "and a subset needs at least 2; "
+            "check that the validation split or the imported outcomes cover the dataset's classes"
+        )
     for size in sizes:
         if size < 2:
             raise UserError(f"subset size {size} is below 2; a subset needs at least 2 classes")
