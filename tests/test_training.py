@@ -23,6 +23,7 @@ from tests.fashion_trees import write_dataset
 from tests.helpers import run_script
 from utils.atomic import exclusive_lock
 from utils.checkpoints import load_checkpoint
+from utils.cli import counted
 from utils.distributed import DistributedContext
 from utils.errors import UserError
 from utils.results_table import write_results_table
@@ -31,7 +32,7 @@ from utils.train_checkpoint import capture_rng_state, load_trained_network, rest
 from utils.train_data import DatasetSource, Preprocessing, ShardSampler, find_datasets, load_split
 from utils.train_log import LOG_COLUMNS, TIMING_COLUMNS, write_epoch_log
 from utils.train_loop import MetricSums
-from utils.training import main
+from utils.training import check_batch_size, main
 
 SCRIPT = "Train_ImageNetRescaleSubsets.py"
 SMALL_RUN = ["--image-size", "32", "--batch-size", "8", "--lr", "0.01", "--workers", "0", "--device", "cpu"]
@@ -165,7 +166,11 @@ def test_resize_size_scales_with_image_size(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "--batch-size 0"),
+    (["--batch-size", "1"], "--batch-size 1 is invalid; batch norm needs at least 2 images per step"),
     (["--lr", "0"], "--lr 0"),
+    (["--lr", "inf"], "--lr inf is invalid; the learning rate must be a positive number"),
+    (["--lr", "nan"], "--lr nan is invalid"),
+    (["--weight-decay", "inf"], "--weight-decay inf is invalid"),
     (["--epochs", "0"], "--epochs 0"),
     (["--momentum", "1.5"], "--momentum 1.5"),
     (["--lr-gamma", "0"], "--lr-gamma 0"),
@@ -178,6 +183,28 @@ def test_resize_size_scales_with_image_size(tmp_path):
 def test_invalid_flags_raise_user_error(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         parse_args(["--data", str(tmp_path), *flags], "ImageNet")
+
+
+@pytest.mark.parametrize("batch_size, processes, message", [
+    (6, 4, "--batch-size 6 is not divisible by the 4 processes; use a multiple of 4"),
+    (4, 4, "--batch-size 4 gives each of the 4 processes 1 image per step, and batch norm needs at least 2; use at least 8"),
+])
+def test_batch_must_give_each_process_two_images(tmp_path, batch_size, processes, message):
+    args = parse_args(["--data", str(tmp_path), "--batch-size", str(batch_size)], "ImageNet")
+
+    with pytest.raises(UserError) as error:
+        check_batch_size(args, DistributedContext(world_size=processes))
+
+    assert str(error.value) == message
+    check_batch_size(args, DistributedContext(world_size=2))
+
+
+def test_log_counts_in_singular_and_plural():
+    assert counted(1, "run") == "1 run"
+    assert counted(0, "epoch") == "0 epochs"
+    assert counted(3, "run") == "3 runs"
+    assert counted(1, "process", "processes") == "1 process"
+    assert counted(2, "process", "processes") == "2 processes"
 
 
 # Pieces of the loop and the outputs

@@ -10,6 +10,11 @@ from utils.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """Return ``number`` with ``noun`` in the singular or the plural ("1 run", "2 runs")."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configure the root logger once; ranks other than 0 of a torchrun job only log warnings."""
     rank = int(os.environ.get("RANK", "0"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from models import REFERENCE_ARCHITECTURES
 from utils.atomic import write_text_atomically
+from utils.cli import counted
 from utils.train_data import natural_key
 from utils.train_log import LOG_FILE, read_epoch_log
 
@@ -118,5 +119,5 @@ def write_results_table(checkpoints: Path, results_folder: Path) -> list[RunResu
     results = collect_results(checkpoints)
     write_text_atomically(results_folder / RESULTS_MARKDOWN, render_markdown(results))
     write_text_atomically(results_folder / RESULTS_CSV, render_csv(results))
-    log.debug("results table of %d runs written to %s", len(results), results_folder / RESULTS_MARKDOWN)
+    log.debug("results table of %s written to %s", counted(len(results), "run"), results_folder / RESULTS_MARKDOWN)
     return results

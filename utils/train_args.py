@@ -6,6 +6,7 @@ which selects the default subsets folder and subset name prefix from the configu
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from models import REFERENCE_ARCHITECTURES, check_architecture, min_input_size
@@ -148,10 +149,10 @@ def _require(condition: bool, message: str) -> None:
 def check_args(args: argparse.Namespace) -> None:
     """Raise a UserError naming the flag and a valid value for the first invalid value."""
     _require(args.epochs >= 1, f"--epochs {args.epochs} is invalid; train for at least 1 epoch")
-    _require(args.batch_size >= 1, f"--batch-size {args.batch_size} is invalid; use at least 1 image per step")
-    _require(args.lr > 0, f"--lr {args.lr} is invalid; the learning rate must be positive, e.g. 0.1")
+    _require(args.batch_size >= 2, f"--batch-size {args.batch_size} is invalid; batch norm needs at least 2 images per step")
+    _require(math.isfinite(args.lr) and args.lr > 0, f"--lr {args.lr} is invalid; the learning rate must be a positive number, e.g. 0.1")
     _require(0 <= args.momentum < 1, f"--momentum {args.momentum} is invalid; use a value in [0, 1), e.g. 0.9")
-    _require(args.weight_decay >= 0, f"--weight-decay {args.weight_decay} is invalid; use 0 or a positive value, e.g. 1e-4")
+    _require(math.isfinite(args.weight_decay) and args.weight_decay >= 0, f"--weight-decay {args.weight_decay} is invalid; use 0 or a positive value, e.g. 1e-4")
     _require(args.lr_step >= 1, f"--lr-step {args.lr_step} is invalid; drop the learning rate every 1 or more epochs")
     _require(0 < args.lr_gamma <= 1, f"--lr-gamma {args.lr_gamma} is invalid; use a factor in (0, 1], e.g. 0.1")
     _require(args.workers >= 0, f"--workers {args.workers} is invalid; use 0 or more worker processes")

@@ -22,6 +22,7 @@ from torch import nn
 from models import build_model
 from utils.atomic import exclusive_lock, remove_stale_temporaries, write_text_atomically
 from utils.checkpoints import load_state_dict_strictly
+from utils.cli import counted
 from utils.curves import plot_curves
 from utils.distributed import DistributedContext, barrier, broadcast_from_main, gather_to_main
 from utils.errors import UserError
@@ -264,7 +265,8 @@ def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedCon
     barrier()
     checkpoint = read_last_checkpoint(run, context)
     if checkpoint is not None and checkpoint["epoch"] >= args.epochs:
-        log.info("%s: already trained for %d epochs, skipping (pass --restart to train it again)", run.name, checkpoint["epoch"])
+        log.info("%s: already trained for %s, skipping (pass --restart to train it again)", run.name,
+                 counted(checkpoint["epoch"], "epoch"))
         return
 
     seed = choose_seed(args, checkpoint, context)

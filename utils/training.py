@@ -7,7 +7,7 @@ import os
 import torch
 
 from models import REFERENCE_ARCHITECTURES, count_parameters
-from utils.cli import setup_logging
+from utils.cli import counted, setup_logging
 from utils.distributed import DistributedContext, init_distributed, resolve_device, shutdown_distributed
 from utils.errors import UserError
 from utils.results_table import write_results_table
@@ -58,10 +58,14 @@ def start_processes(args: argparse.Namespace) -> tuple[torch.device, Distributed
 
 
 def check_batch_size(args: argparse.Namespace, context: DistributedContext) -> None:
-    """Raise a UserError unless the batch splits evenly over the processes."""
+    """Raise a UserError unless the batch splits evenly over the processes, at least 2 images each."""
     if args.batch_size % context.world_size:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {context.world_size} processes; "
                         f"use a multiple of {context.world_size}")
+    if args.batch_size // context.world_size < 2:
+        raise UserError(f"--batch-size {args.batch_size} gives each of the {context.world_size} processes "
+                        f"{args.batch_size // context.world_size} image per step, and batch norm needs at least 2; "
+                        f"use at least {2 * context.world_size}")
 
 
 def run_all(runs: list[Run], args: argparse.Namespace, context: DistributedContext, device: torch.device,
@@ -85,7 +89,7 @@ def run_all(runs: list[Run], args: argparse.Namespace, context: DistributedConte
                         "or point --checkpoints at the folder they were trained in")
     if context.is_main and not args.evaluate:
         results = write_results_table(args.checkpoints, args.results)
-        log.info("results table of %d runs written to %s", len(results), args.results)
+        log.info("results table of %s written to %s", counted(len(results), "run"), args.results)
     return failed
 
 
@@ -105,8 +109,8 @@ def main(argv: list[str] | None = None, dataset: str = "ImageNet") -> int:
     try:
         check_batch_size(args, context)
         precision = choose_precision(args, device)
-        log.info("%d runs: %s on %s; device %s, %d process(es)", len(runs), ", ".join(args.arch),
-                 ", ".join(source.name for source in sources), device, context.world_size)
+        log.info("%s: %s on %s; device %s, %s", counted(len(runs), "run"), ", ".join(args.arch),
+                 ", ".join(source.name for source in sources), device, counted(context.world_size, "process", "processes"))
         failed = run_all(runs, args, context, device, precision)
     finally:
         shutdown_distributed()
