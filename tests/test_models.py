@@ -83,6 +83,22 @@ def test_forward_backward_at_min_size(arch):
     assert all(torch.isfinite(g).all() for g in gradients)
 
 
+@pytest.mark.parametrize("side", [8, 28, 32, 64])
+def test_fashion_mnist_cnn_runs_from_its_min_size(side):
+    assert min_input_size("fashion_mnist_cnn") == 8
+    model = build_model("fashion_mnist_cnn", num_classes=4).eval()
+    assert model(torch.randn(2, 3, side, side)).shape == (2, 4)
+
+
+def test_fashion_mnist_cnn_pools_28x28_to_3x3_without_change():
+    # The pooling that admits other sizes must leave the demo network's 28x28 features as they are.
+    model = build_model("fashion_mnist_cnn", num_classes=10).eval()
+    images = torch.randn(2, 3, 28, 28)
+    convolved = model.features[:-1](images)
+    assert convolved.shape[-2:] == (3, 3)
+    assert torch.equal(model.features(images), convolved)
+
+
 def test_min_input_sizes():
     expected = {arch: 32 for arch in REFERENCE_NAMES}
     expected["InceptionV4"] = 75
