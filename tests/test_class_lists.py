@@ -5,8 +5,9 @@ import logging
 import pytest
 
 from tests.helpers import SHARED
-from utils.class_lists import check_classes, check_folder_name, read_class_list, subset_name_from_list
+from utils.class_lists import check_classes, check_folder_name, read_class_list, reads_back, subset_name_from_list
 from utils.errors import UserError
+from utils.reports import write_class_lists
 
 KNOWN = ["n01440764", "n01443537", "n01751748", "n02123159"]
 
@@ -31,6 +32,17 @@ def test_blank_lines_and_comments_ignored(tmp_path):
     text = b"# ReIN subset\n\nn01440764  # tench\n   \n#n01751748\nn02123159\n"
     path = write_list(tmp_path, text)
     assert read_class_list(path) == ["n01440764", "n02123159"]
+
+
+def test_hash_inside_a_name_is_not_a_comment(tmp_path):
+    path = write_list(tmp_path, b"C#\nF# # F sharp\n\tG#\t#G sharp\n#D#\n")
+    assert read_class_list(path) == ["C#", "F#", "G#"]
+
+
+@pytest.mark.parametrize("name, readable", [("C#", True), ("n01440764", True), ("#x", False), ("a #b", False),
+                                            (" a", False), ("a\nb", False), ("", False)])
+def test_names_that_read_back_from_a_list(name, readable):
+    assert reads_back(name) is readable
 
 
 def test_duplicates_dropped_and_logged(tmp_path, caplog):
@@ -93,10 +105,14 @@ def test_unsafe_subset_name_rejected(tmp_path, file_name):
         subset_name_from_list(tmp_path / file_name)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", ".ReIN30", "Re IN"])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", ".ReIN30", "Re IN", "R" * 101])
 def test_folder_name_check(name):
     with pytest.raises(UserError, match="subset name"):
         check_folder_name(name, "subset name")
+
+
+def test_folder_name_of_100_characters_accepted():
+    assert check_folder_name("R" * 100, "subset name") == "R" * 100
 
 
 def test_published_lists_read_cleanly():
@@ -108,3 +124,12 @@ def test_published_lists_read_cleanly():
         entries = read_class_list(path)
         assert len(entries) == size, path
         assert subset_name_from_list(path) == f"{prefix}{size}"
+
+
+def test_written_lists_read_back_or_warn(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.reports"):
+        paths = write_class_lists({"Re2": ["F#", "C#"], "Re3": ["C#", "#x", "F#"]}, tmp_path)
+
+    assert read_class_list(paths[0]) == ["C#", "F#"]
+    assert "Re2" not in caplog.text
+    assert "Re3: class '#x' cannot be read back from a list file" in caplog.text

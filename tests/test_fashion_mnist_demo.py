@@ -7,12 +7,15 @@ that ReFM4 is harder than random 4-class subsets.
 
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.helpers import run_script, tree_digest
-from utils.fashion_mnist import DEBIAN_FOLDER
+from utils.errors import UserError
+from utils.fashion_mnist import DEBIAN_FOLDER, FashionMNISTSplit, write_image_folder
 
 UPPER_BODY = {"T-shirt_top", "Pullover", "Dress", "Coat", "Shirt"}
 
@@ -105,3 +108,41 @@ def test_refm4_harder_than_random_subsets(demo, tmp_path):
     with open(tmp_path / "challenge.csv", newline="") as stream:
         row = next(csv.DictReader(stream))
     assert float(row["gap (points)"]) >= 5.0
+
+
+def small_splits():
+    rng = np.random.default_rng(0)
+    return {split: FashionMNISTSplit(rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), np.array([0, 1, 2, 3]))
+            for split in ("train", "val")}
+
+
+def test_tree_under_a_file_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder\n")
+
+    with pytest.raises(UserError, match=r"writing the Fashion-MNIST images to .* failed: Not a directory; set --data"):
+        write_image_folder(blocker / "FashionMNIST", small_splits())
+
+    assert blocker.read_text() == "not a folder\n"
+
+
+def test_read_only_empty_root_is_kept(tmp_path, monkeypatch):
+    root = tmp_path / "FashionMNIST"
+    root.mkdir()
+    # The tests may run as root, for whom permission bits do not block writes; os.access reports them.
+    monkeypatch.setattr("utils.fashion_mnist.os.access", lambda path, mode: Path(path) != root)
+
+    with pytest.raises(UserError, match=f"{root} is read-only; make it writable or set --data"):
+        write_image_folder(root, small_splits())
+
+    assert root.is_dir() and not any(root.iterdir())
+    assert not root.with_name("FashionMNIST.partial").exists()
+
+
+def test_empty_root_receives_the_tree(tmp_path):
+    root = tmp_path / "FashionMNIST"
+    root.mkdir()
+
+    write_image_folder(root, small_splits())
+
+    assert len(list(root.glob("*/*/*.png"))) == 8

@@ -98,22 +98,56 @@ def test_list_entry_unknown_or_path_like(dataset, tmp_path, caplog, entry, messa
     assert tree_digest(root) == before
 
 
-@pytest.mark.parametrize("case", ["same name in two folders", "same file twice", "one class"])
-def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog, case):
+@pytest.mark.parametrize("flag", ["--lists", "--compare"])
+@pytest.mark.parametrize("case", ["same name in two folders", "same file twice", "same file through a link", "one class",
+                                  "two names on one line"])
+def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog, flag, case):
     root, before, network = dataset
     first = write_list(tmp_path / "mine" / "ReFM2.txt", b"trouser\npullover\n")
     second = write_list(tmp_path / "theirs" / "ReFM2.txt", b"dress\ncoat\n")
     single = write_list(tmp_path / "mine" / "ReFM1.txt", b"trouser\n")
+    joined = write_list(tmp_path / "mine" / "ReFM9.txt", b"trouser\tpullover\n")
+    (tmp_path / "link").symlink_to(tmp_path / "mine")
     lists, message = {
-        "same name in two folders": ([first, second], f"list files {first} and {second} both give the subset name 'ReFM2'; rename one"),
-        "same file twice": ([first, first], f"list file {first} is given twice to --lists"),
+        "same name in two folders": ([first, second], f"list files {first} and {second} both give the name 'ReFM2.txt'"
+                                     if flag == "--compare" else f"list files {first} and {second} both give the name 'ReFM2'"),
+        "same file twice": ([first, first], f"list file {first} is given twice to {flag}; give each file once"),
+        "same file through a link": ([first, tmp_path / "link" / "ReFM2.txt"],
+                                     f"list file {tmp_path / 'link' / 'ReFM2.txt'} is given twice to {flag}"),
         "one class": ([first, single], f"list file {single} names only 1 class; a subset needs at least 2, so add another class"),
+        "two names on one line": ([joined], "'trouser\\tpullover'"),
     }[case]
+    run = [flag, *lists, *rescale_args(root, tmp_path / "results", tmp_path / "out", network)]
+    if flag == "--compare":
+        run += ["--no-materialize", "--sizes", "2"]
 
-    assert rescale("--lists", *lists, *rescale_args(root, tmp_path / "results", tmp_path / "out", network)) == 1
+    assert rescale(*run) == 1
 
     assert message in errors(caplog)
     assert not (tmp_path / "out").exists()
+    assert tree_digest(root) == before
+
+
+def test_list_reached_through_a_link_is_named_after_the_link(dataset, tmp_path):
+    root, before, network = dataset
+    target = write_list(tmp_path / "a" / "L1.txt", b"trouser\npullover\n")
+    (tmp_path / "MyLink.txt").symlink_to(target)
+
+    assert rescale("--lists", tmp_path / "MyLink.txt", *rescale_args(root, tmp_path / "results", tmp_path / "out", network)) == 0
+
+    assert sorted(path.name for path in (tmp_path / "out").iterdir() if path.name != ".lock") == ["MyLink"]
+    assert tree_digest(root) == before
+
+
+def test_lists_without_materialize_check_only(dataset, tmp_path, caplog):
+    root, before, network = dataset
+    listed = write_list(tmp_path / "ReFM2.txt", b"trouser\npullover\n")
+
+    args = rescale_args(root, tmp_path / "results", tmp_path / "out", network, "--no-materialize")
+    assert rescale("--lists", listed, *args) == 0
+
+    assert "--no-materialize: the 1 list files name classes of" in caplog.text
+    assert not (tmp_path / "out" / "ReFM2").exists()
     assert tree_digest(root) == before
 
 
@@ -211,6 +245,40 @@ def test_output_folder_inside_dataset_root(dataset, tmp_path, caplog, where):
 
 
 @pytest.mark.parametrize("lists", [False, True])
+def test_results_folder_inside_subsets_folder(dataset, tmp_path, caplog, lists):
+    root, before, network = dataset
+    out = tmp_path / "out"
+    listed = ["--lists", write_list(tmp_path / "ReFM2.txt", b"trouser\npullover\n")] if lists else []
+
+    assert rescale(*listed, *rescale_args(root, out / "ReFM2", out, network)) == 1
+
+    assert f"the results folder {out / 'ReFM2'} lies inside the subsets folder {out}" in errors(caplog)
+    assert not out.exists()
+    assert tree_digest(root) == before
+
+
+def test_results_folder_that_is_a_file(dataset, tmp_path, caplog):
+    root, before, network = dataset
+    taken = tmp_path / "results.txt"
+    taken.write_text("notes\n")
+
+    assert rescale(*rescale_args(root, taken, tmp_path / "out", network, "--no-materialize")) == 1
+
+    assert f"{taken} is a file, not a folder; choose a folder for the outputs instead" in errors(caplog)
+    assert taken.read_text() == "notes\n"
+
+
+def test_demo_network_inside_dataset_root(tmp_path, caplog):
+    root = tmp_path / "fm"
+    weights = root / "net.pth"
+
+    assert rescale("--dataset", "FashionMNIST", "--data", root, "--results", tmp_path / "results", "--weights", weights) == 1
+
+    assert f"the demo network file {weights} is inside the dataset root {root}" in errors(caplog)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("lists", [False, True])
 def test_results_folder_equal_to_subsets_folder(dataset, tmp_path, caplog, lists):
     root, before, network = dataset
     both = tmp_path / "both"
@@ -260,6 +328,12 @@ def test_prefix_that_is_not_a_plain_name_in_config_file(dataset, tmp_path, monke
     ("    prefix='ReIN',", "    prefix=None,", "ImageNet['prefix'] must be str, got None"),
     ("strategy = 'sensitive-confused'", "strategy = 'hardest'", "strategy = 'hardest' is unknown; choose one of"),
     ("DataRescale = 'ImageNet'", "DataRescale = 'CIFAR'", "DataRescale = 'CIFAR' is not a dataset; choose one of"),
+    ("random_baselines = 100 ", "random_baselines = 0 ", "random_baselines = 0 is out of range; use 1 or more"),
+    ("seed = 0 ", "seed = -1 ", "seed = -1 is out of range; use 0 to 2**32 - 1"),
+    ("topk = 10 ", "topk = 0 ", "topk = 0 is out of range; use 1 or more"),
+    ("batch_size = 64 ", "batch_size = 0 ", "batch_size = 0 is out of range; use 1 or more"),
+    ("workers = 4 ", "workers = -1 ", "workers = -1 is out of range; use 0 or more"),
+    ("min_pair_share = 0.12 ", "min_pair_share = 3.0 ", "min_pair_share = 3.0 is out of range; use 0 to 2"),
 ])
 def test_config_unknown_key_or_wrong_type(tmp_path, monkeypatch, caplog, old, new, message):
     config = edited_config(tmp_path, old, new)
@@ -283,6 +357,16 @@ def test_config_error_exits_cleanly(tmp_path):
     assert f"{config} could not be read: SyntaxError" in run.stderr
 
 
+@pytest.mark.parametrize("name", ["my_config", "rescale.cfg"])
+def test_config_copy_without_py_suffix_is_read(tmp_path, monkeypatch, caplog, name):
+    config = edited_config(tmp_path, "batch_size = 64 ", "batch_size = 0 ")
+    renamed = config.rename(config.with_name(name))
+    monkeypatch.setenv("RESCALE_CONFIG", str(renamed))
+
+    assert rescale() == 1
+    assert f"{renamed}: batch_size = 0 is out of range" in errors(caplog)
+
+
 def test_config_copy_resolves_relative_paths(tmp_path):
     config = edited_config(tmp_path, "    root='data/ImageNet',", "    root='images/ImageNet',")
 
@@ -303,7 +387,8 @@ def rescale_main(argv):
     ("rescale", ["--colour", "red"], ["unrecognized arguments: --colour red"]),
     ("rescale", ["--batch-size", "many"], ["--batch-size", "invalid integer 'many'"]),
     ("rescale", ["--workers", "-1"], ["--workers", "-1 is negative"]),
-    ("rescale", ["--seed", "x"], ["--seed", "invalid int value: 'x'"]),
+    ("rescale", ["--seed", "x"], ["--seed", "invalid integer 'x'"]),
+    ("rescale", ["--seed", "-1"], ["--seed", "-1 is outside 0 to 2**32 - 1"]),
     ("rescale", ["--min-pair-share", "high"], ["--min-pair-share", "invalid number 'high'"]),
     ("rescale", ["--mode", "move"], ["--mode", "invalid choice: 'move'", "hardlink"]),
     ("train", ["--epochs", "ten"], ["--epochs", "invalid int value: 'ten'"]),

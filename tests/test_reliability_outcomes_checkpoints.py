@@ -174,7 +174,7 @@ def test_corrupt_checkpoint_exits_cleanly(dataset, tmp_path):
                                                          "--no-materialize"), env=THREADS_ENV)
 
     assert_clean_failure(run)
-    assert f"checkpoint {garbage} is truncated, corrupt or not a PyTorch file" in run.stderr
+    assert f"checkpoint {garbage} is truncated, corrupt or not a PyTorch file (it is neither a zip archive nor a pickle)" in run.stderr
     assert tree_digest(root) == before
 
 

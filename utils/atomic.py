@@ -116,6 +116,8 @@ def exclusive_lock(folder: Path, purpose: str):
     ends, so a killed run never leaves a stale lock behind. Forked children do not hold it.
     """
     lock_path = folder / ".lock"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; choose a folder for the outputs instead")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stream = open(lock_path, "a+")

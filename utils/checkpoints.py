@@ -3,6 +3,7 @@
 import logging
 import pickle
 import re
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def load_checkpoint(path: Path, trust: bool = False, fix: str | None = None) -> 
     """
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; check the path")
+    check_format(path, fix)
     check_zip_records(path, fix)
     if trust:
         log.warning("loading %s with full unpickling (--trust-checkpoint): this can run code stored in the file", path)
@@ -54,6 +56,22 @@ def load_checkpoint(path: Path, trust: bool = False, fix: str | None = None) -> 
     except Exception as error:  # damaged files make torch.load raise KeyError, IndexError, RuntimeError, EOFError, ValueError, ...
         raise UserError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file ({_first_line(error)}); {fix or DAMAGED_FIX}") from error
     return obj
+
+
+def check_format(path: Path, fix: str | None = None) -> None:
+    """Raise UserError unless ``path`` starts like a file `torch.save` writes: a zip archive, a pickle or a tar archive.
+
+    For other files `torch.load` reports a bare number such as "(105)".
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(1)
+    except OSError as error:
+        raise UserError(f"checkpoint {path} cannot be read: {error.strerror or error}; check its permissions") from None
+    if head == b"\x80" or zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
+        return
+    state = "empty" if not head else "neither a zip archive nor a pickle"
+    raise UserError(f"checkpoint {path} is truncated, corrupt or not a PyTorch file (it is {state}); {fix or DAMAGED_FIX}")
 
 
 def check_zip_records(path: Path, fix: str | None = None) -> None:

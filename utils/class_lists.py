@@ -16,13 +16,20 @@ from utils.errors import UserError
 log = logging.getLogger(__name__)
 
 MAX_LISTED_UNKNOWN = 10
-FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # at most 100 characters
+COMMENT = re.compile(r"(?:^|(?<=\s))#")
+
+
+def reads_back(name: str) -> bool:
+    """True when a list file line holding ``name`` reads back as ``name`` (no comment, no stripped spaces)."""
+    return bool(name) and name == name.strip() and not COMMENT.search(name) and "\n" not in name and "\r" not in name
 
 
 def read_class_list(path: Path) -> list[str]:
     """Read the class names of a list file in file order, without comments and duplicates.
 
-    Text after `#` is a comment. A repeated entry is logged as a warning and only its first line
+    A `#` at the start of a line or after a space or tab starts a comment, so class names such
+    as `C#` stay whole. A repeated entry is logged as a warning and only its first line
     is kept. Raises UserError for a missing or non-UTF-8 file, a file without entries, and an
     entry containing `/`, `\\` or `..`, naming the file and line number.
     """
@@ -30,7 +37,7 @@ def read_class_list(path: Path) -> list[str]:
     entries = []
     first_line = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        entry = line.split("#", 1)[0].strip()
+        entry = COMMENT.split(line, maxsplit=1)[0].strip()
         if not entry:
             continue
         if "/" in entry or "\\" in entry or ".." in entry:
@@ -100,7 +107,7 @@ def check_folder_name(name: str, what: str, example: str = "ReIN30") -> str:
     """
     if not FOLDER_NAME.fullmatch(name) or ".." in name:
         raise UserError(
-            f"{what} {name!r} is not a plain folder name; use letters, digits and _ . + - only, "
+            f"{what} {name!r} is not a plain folder name; use up to 100 letters, digits and _ . + - only, "
             f"starting with a letter or digit, such as {example}"
         )
     return name
@@ -112,6 +119,6 @@ def subset_name_from_list(path: Path) -> str:
     if not FOLDER_NAME.fullmatch(name) or ".." in name:
         raise UserError(
             f"list file {path} gives the subset name {name!r}, which is not a plain folder name; "
-            "rename the file to letters, digits and _ . + - only, such as ReIN30.txt"
+            "rename the file to up to 100 letters, digits and _ . + - only, such as ReIN30.txt"
         )
     return name

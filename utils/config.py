@@ -7,6 +7,7 @@ RESCALE_CONFIG; relative paths in it are resolved against the folder of the file
 """
 
 import difflib
+import importlib.machinery
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -95,10 +96,11 @@ def _import_config(path: Path) -> ModuleType:
     if not path.is_file():
         fix = f"fix or unset {CONFIG_ENV}" if path != CONFIG_FILE else "restore it from the repository"
         raise UserError(f"configuration file {path} not found; {fix}")
-    spec = importlib.util.spec_from_file_location("config_rescale", path)
-    module = importlib.util.module_from_spec(spec)
+    # An explicit source loader reads the file whatever its name ends with (.py, .cfg or nothing).
+    loader = importlib.machinery.SourceFileLoader("config_rescale", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("config_rescale", loader))
     try:
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     except Exception as error:  # a syntax or name error in a file the user edits
         raise UserError(f"{path} could not be read: {type(error).__name__}: {error}; fix the line it names") from error
     return module
@@ -135,6 +137,25 @@ def check_sizes(sizes, where: str) -> tuple[int, ...]:
     if len(set(sizes)) != len(sizes):
         raise UserError(f"{where}: subset sizes {list(sizes)} repeat a value; list each size once")
     return tuple(sorted(sizes))
+
+
+SEED_LIMIT = 2**32
+# Setting -> (test, the valid range in words), the same ranges the command-line flags accept.
+GLOBAL_RANGES = {
+    "batch_size": (lambda v: v >= 1, "1 or more"),
+    "workers": (lambda v: v >= 0, "0 or more"),
+    "topk": (lambda v: v >= 1, "1 or more"),
+    "seed": (lambda v: 0 <= v < SEED_LIMIT, "0 to 2**32 - 1"),
+    "random_baselines": (lambda v: v >= 1, "1 or more"),
+    "min_pair_share": (lambda v: 0.0 <= v <= 2.0, "0 to 2"),
+}
+
+
+def _check_ranges(path: Path, module: ModuleType) -> None:
+    for key, (valid, words) in GLOBAL_RANGES.items():
+        value = getattr(module, key)
+        if not valid(value):
+            raise UserError(f"{path}: {key} = {value!r} is out of range; use {words}")
 
 
 def _dataset_config(module: ModuleType, name: str, source: Path) -> DatasetConfig:
@@ -186,6 +207,7 @@ def load_config(path: Path | None = None) -> ProjectConfig:
         raise UserError(f"{path}: strategy = {module.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
     if module.mode not in MODES:
         raise UserError(f"{path}: mode = {module.mode!r} is unknown; choose one of {', '.join(MODES)}")
+    _check_ranges(path, module)
     return ProjectConfig(
         folder=path.parent,
         default_dataset=module.DataRescale,

@@ -11,6 +11,7 @@ Reproduce the demo network (deleted or missing weights are retrained the same wa
 import gzip
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -114,7 +115,27 @@ def write_image_folder(root: Path, splits: dict[str, FashionMNISTSplit]) -> None
         return
     if root.exists() and not marker.is_file() and any(root.iterdir()):
         raise UserError(f"{root} exists but is not a Fashion-MNIST tree written by this project; move it away or set --data")
+    if root.exists() and not os.access(root, os.W_OK):
+        raise UserError(f"{root} is read-only; make it writable or set --data to a new folder for the Fashion-MNIST images")
     partial = root.with_name(root.name + ".partial")
+    try:
+        _write_tree(partial, splits, expected)
+        if marker.is_file():
+            shutil.rmtree(root)  # a tree this project wrote with other image counts
+        elif root.exists():
+            root.rmdir()  # an empty folder, checked above
+        root.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(root)
+    except OSError as error:
+        raise UserError(
+            f"writing the Fashion-MNIST images to {error.filename or partial} failed: {error.strerror or error}; "
+            "set --data to a folder you can write to, or free disk space"
+        ) from None
+    log.info("wrote %d Fashion-MNIST images to %s", sum(expected.values()), root)
+
+
+def _write_tree(partial: Path, splits: dict[str, FashionMNISTSplit], expected: dict[str, int]) -> None:
+    """Write every image and then the marker under ``partial``, replacing an earlier partial tree."""
     shutil.rmtree(partial, ignore_errors=True)
     total = sum(expected.values())
     with tqdm(total=total, unit="img", desc="writing Fashion-MNIST PNGs", dynamic_ncols=True) as progress:
@@ -125,11 +146,6 @@ def write_image_folder(root: Path, splits: dict[str, FashionMNISTSplit]) -> None
                 Image.fromarray(image, mode="L").save(partial / split / FASHION_MNIST_FOLDERS[label] / f"{split}_{index:05d}.png", compress_level=1)
                 progress.update()
     write_text_atomically(partial / TREE_MARKER, json.dumps({"images": expected}, sort_keys=True))
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(root)
-    log.info("wrote %d Fashion-MNIST images to %s", total, root)
 
 
 def _normalized(images: np.ndarray) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.atomic import atomic_output, write_text_atomically
+from utils.class_lists import reads_back
 from utils.class_names import readable_name
 from utils.outcomes import Outcomes
 from utils.statistics import Statistics
@@ -155,6 +156,10 @@ def write_class_lists(results: dict[str, list[str]], folder: Path) -> list[Path]
     """Write `<name>.txt` (sorted class names, LF endings) per subset and the index file naming them."""
     written = []
     for name, classes in results.items():
+        for unreadable in (c for c in classes if not reads_back(c)):
+            log.warning("%s: class %r cannot be read back from a list file (a '#' after a space starts a comment, "
+                        "and spaces at the ends are stripped); rename its folder before using the list with --lists",
+                        name, unreadable)
         path = folder / f"{name}.txt"
         write_text_atomically(path, "".join(f"{c}\n" for c in sorted(classes)))
         written.append(path)

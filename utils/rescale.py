@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_outputs_outside_root(settings: RescaleSettings) -> None:
-    """Raise UserError when the results or subsets folder is the dataset root or lies inside it,
-    or when the two are the same folder.
+    """Raise UserError when an output (results folder, subsets folder, demo network) lies in the dataset root,
+    or when the results folder is the subsets folder or lies inside it.
 
     Runs before anything is written, because even the results folder's lock file would change the
     dataset root. Symbolic links are resolved first.
@@ -65,14 +65,37 @@ def check_outputs_outside_root(settings: RescaleSettings) -> None:
     folders = [("results folder", settings.results, "--results")]
     if settings.materialize or settings.lists:
         folders.append(("subsets folder", settings.subsets, "--out"))
+    if demo_network_to_train(settings):
+        folders.append(("demo network file", Path(settings.weights), "--weights"))
     for what, folder, flag in folders:
         resolved = folder.expanduser().resolve()
         if resolved == root or root in resolved.parents:
             raise UserError(
                 f"the {what} {folder} is inside the dataset root {root}, where nothing may be written; "
-                f"choose a folder outside the dataset with {flag} or in the configuration file"
+                f"choose a location outside the dataset with {flag} or in the configuration file"
             )
-    if len(folders) == 2 and settings.results.expanduser().resolve() == settings.subsets.expanduser().resolve():
+    if settings.materialize or settings.lists:
+        check_results_beside_subsets(settings)
+
+
+def demo_network_to_train(settings: RescaleSettings) -> bool:
+    """True when the Fashion-MNIST demo will train its network and write it to ``settings.weights``."""
+    return (settings.dataset == "FashionMNIST" and settings.model == "fashion_mnist_cnn" and bool(settings.weights)
+            and not Path(settings.weights).is_file())
+
+
+def check_results_beside_subsets(settings: RescaleSettings) -> None:
+    """Raise UserError when the results folder is the subsets folder or lies inside it.
+
+    Each run locks both folders, and every folder inside the subsets folder is taken for a subset.
+    """
+    results, subsets = settings.results.expanduser().resolve(), settings.subsets.expanduser().resolve()
+    if subsets in results.parents:
+        raise UserError(
+            f"the results folder {settings.results} lies inside the subsets folder {settings.subsets}, where every "
+            "folder is taken for a subset; choose folders side by side with --results or --out"
+        )
+    if results == subsets:
         raise UserError(
             f"the results folder and the subsets folder are both {settings.subsets}; each run locks both, "
             "so they must differ: choose another folder with --out or --results"
@@ -255,9 +278,7 @@ def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetS
     index = {name: i for i, name in enumerate(stats.class_names)}
     known = [stats.class_names[c] for c in stats.present]
     results = []
-    for path in settings.compare:
-        names = read_class_list(path)
-        check_classes(names, known, str(path))
+    for label, (names, _) in read_list_files(settings.compare, known, "--compare", lambda path: path.name).items():
         classes = [index[n] for n in names]
         size = len(classes)
         overlap = None
@@ -265,28 +286,42 @@ def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetS
             ours = set(selected[size])
             overlap = len(ours & set(classes)) / len(ours | set(classes))
         baseline = scorer.random_baseline(size, settings.random_baselines, settings.seed)
-        results.append(SubsetResult(path.name, classes, scorer.score(classes), baseline, source="list", overlap=overlap))
+        results.append(SubsetResult(label, classes, scorer.score(classes), baseline, source="list", overlap=overlap))
     return sorted(results, key=lambda r: (len(r.classes), r.name))
+
+
+def read_list_files(paths: list[Path], known: list[str], flag: str, label) -> dict[str, tuple[list[str], Path]]:
+    """Read and check class list files; return label -> (class names, path), where ``label(path)`` names a list.
+
+    Raises UserError for a file given twice, two files with the same label, a list that names a
+    class the dataset lacks, and a list of fewer than 2 classes.
+    """
+    lists = {}
+    for path in paths:
+        name = label(path)
+        if name in lists:
+            earlier = lists[name][1]
+            if earlier.resolve() == path.resolve():
+                raise UserError(f"list file {path} is given twice to {flag}; give each file once")
+            raise UserError(
+                f"list files {earlier} and {path} both give the name {name!r}; rename one of them, "
+                f"since {flag} names each list after its file"
+            )
+        names = read_class_list(path)
+        check_classes(names, known, str(path))
+        if len(names) < 2:
+            raise UserError(f"list file {path} names only 1 class; a subset needs at least 2, so add another class")
+        lists[name] = (names, path)
+    return lists
 
 
 def build_from_list_files(settings: RescaleSettings) -> None:
     """--lists: build subsets named after the list files, without running a network."""
     layout = open_layout(settings)
-    known = layout.classes()
-    subsets, sources = {}, {}
-    for path in settings.lists:
-        name = subset_name_from_list(path)
-        if sources.get(name) == path:
-            raise UserError(f"list file {path} is given twice to --lists; give each file once")
-        if name in sources:
-            raise UserError(
-                f"list files {sources[name]} and {path} both give the subset name {name!r}; "
-                "rename one of them, since each list file's name becomes its subset's folder name"
-            )
-        names = read_class_list(path)
-        if len(names) < 2:
-            raise UserError(f"list file {path} names only 1 class; a subset needs at least 2, so add another class")
-        check_classes(names, known, str(path))
-        subsets[name], sources[name] = names, path
+    lists = read_list_files(settings.lists, layout.classes(), "--lists", subset_name_from_list)
+    if not settings.materialize:
+        log.info("--no-materialize: the %d list files name classes of %s; no subset folders were built", len(lists), layout.root)
+        return
+    subsets = {name: names for name, (names, _) in lists.items()}
     build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
 

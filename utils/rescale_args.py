@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.class_lists import check_folder_name
-from utils.config import DATASETS, MODES, STRATEGIES, DatasetConfig, ProjectConfig, check_sizes, resolve_path
+from utils.config import DATASETS, MODES, SEED_LIMIT, STRATEGIES, DatasetConfig, ProjectConfig, check_sizes, resolve_path
 from utils.errors import UserError
 
 
@@ -64,6 +64,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 to 2**32 - 1")
     return value
 
 
@@ -129,7 +139,7 @@ def build_parser(config: ProjectConfig) -> argparse.ArgumentParser:
     selection = parser.add_argument_group("selection and reports")
     selection.add_argument("--strategy", choices=STRATEGIES, default=config.strategy, help=f"how classes are chosen (default: {config.strategy})")
     selection.add_argument("--min-pair-share", type=_share, default=config.min_pair_share, metavar="TAU", help=f"a confused class joins when the images confused between the two are at least TAU times the sensitive class's images (default: {config.min_pair_share})")
-    selection.add_argument("--seed", type=int, default=config.seed, help=f"seed of the random strategy and the random baselines (default: {config.seed})")
+    selection.add_argument("--seed", type=_seed, default=config.seed, help=f"seed of the random strategy and the random baselines (default: {config.seed})")
     selection.add_argument("--random-baselines", type=_positive_int, default=config.random_baselines, metavar="N", help=f"random subsets per size in each report's baseline (default: {config.random_baselines})")
     selection.add_argument("--compare", type=Path, nargs="+", default=[], metavar="FILE", help="class list files to score beside the selected subsets, such as the published lists")
 
@@ -159,8 +169,9 @@ def parse_settings(config: ProjectConfig, argv: list[str] | None) -> RescaleSett
         weights=_weights(args, group, config.folder),
         class_names=args.class_names,
         outcomes=args.outcomes.expanduser().resolve() if args.outcomes else None,
-        lists=[p.expanduser().resolve() for p in args.lists] if args.lists else None,
-        compare=[p.expanduser().resolve() for p in args.compare],
+        # Absolute, not resolved: a list reached through a symbolic link is named after the link.
+        lists=[p.expanduser().absolute() for p in args.lists] if args.lists else None,
+        compare=[p.expanduser().absolute() for p in args.compare],
         strategy=args.strategy,
         min_pair_share=args.min_pair_share,
         seed=args.seed,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.cli import counted
 from utils.outcomes import Outcomes
 
 log = logging.getLogger(__name__)
@@ -161,8 +162,9 @@ def compute_statistics(outcomes: Outcomes) -> Statistics:
         name_rank=rank,
     )
     log.info(
-        "statistics: %d images, %d classes with images, top-1 accuracy %.2f%%, %d misclassified images",
-        len(true), len(stats.present), 100 * correct.mean() if len(true) else 0.0, int(wrong.sum()),
+        "statistics: %s, %s with images, top-1 accuracy %.2f%%, %s",
+        counted(len(true), "image"), counted(len(stats.present), "class", "classes"),
+        100 * correct.mean() if len(true) else 0.0, counted(int(wrong.sum()), "misclassified image"),
     )
     return stats
 
