@@ -23,9 +23,10 @@ from tests.fashion_trees import write_dataset
 from tests.helpers import run_script
 from utils.atomic import exclusive_lock
 from utils.checkpoints import load_checkpoint
-from utils.cli import counted
+from utils.cli import counted, run_main
 from utils.distributed import DistributedContext
 from utils.errors import UserError
+from utils.fashion_mnist_challenge import write_verdict
 from utils.results_table import write_results_table
 from utils.train_args import parse_args
 from utils.train_checkpoint import capture_rng_state, load_trained_network, restore_rng_state
@@ -61,6 +62,14 @@ def subsets(tmp_path_factory):
     write_dataset(root / "ReIN4", [5, 7, 8, 9], train_per_class=6, val_per_class=2)
     (root / "notes").mkdir()
     return root
+
+
+@pytest.fixture
+def log_capture(monkeypatch, caplog):
+    """Keep pytest's log capture, which the script's own logging setup would replace."""
+    monkeypatch.setattr("utils.training.setup_logging", lambda verbose=False: None)
+    caplog.set_level(logging.INFO)
+    return caplog
 
 
 @pytest.fixture
@@ -109,6 +118,14 @@ def test_find_datasets_single_dataset(tmp_path):
     found = find_datasets(tmp_path / "ImageNet", "ReIN")
 
     assert found == [DatasetSource("ImageNet", tmp_path / "ImageNet")]
+
+
+def test_find_datasets_names_parent_reference(tmp_path):
+    make_splits(tmp_path, "TinyA")
+
+    found = find_datasets(tmp_path / "TinyA" / "train" / "..", "ReIN")
+
+    assert [s.name for s in found] == ["TinyA"]
 
 
 def test_find_datasets_without_prefix_match_takes_all(tmp_path):
@@ -185,6 +202,31 @@ def test_invalid_flags_raise_user_error(tmp_path, flags, message):
         parse_args(["--data", str(tmp_path), *flags], "ImageNet")
 
 
+@pytest.mark.parametrize("flag, value", [("--lr", "1e308"), ("--weight-decay", "1e39")])
+def test_optimizer_values_must_fit_float32(tmp_path, flag, value):
+    with pytest.raises(UserError) as error:
+        parse_args(["--data", str(tmp_path), flag, value], "ImageNet")
+
+    assert str(error.value).startswith(f"{flag} {float(value)} is invalid;")
+    assert "below 3.4e38 (the float32 maximum)" in str(error.value)
+    assert parse_args(["--data", str(tmp_path), flag, "3e38"], "ImageNet") is not None
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", str(2**32)])
+def test_seed_must_be_below_2_to_32(tmp_path, seed):
+    with pytest.raises(UserError) as error:
+        parse_args(["--data", str(tmp_path), "--seed", seed], "ImageNet")
+
+    assert str(error.value) == f"--seed {seed} is invalid; use an integer from 0 to 4294967295 (below 2**32)"
+    assert parse_args(["--data", str(tmp_path), "--seed", "4294967295"], "ImageNet").seed == 2**32 - 1
+
+
+def test_repeated_arch_trained_once(tmp_path):
+    args = parse_args(["--data", str(tmp_path), "--arch", "ResNet18", "MobileNetV2", "ResNet18"], "ImageNet")
+
+    assert args.arch == ["ResNet18", "MobileNetV2"]
+
+
 @pytest.mark.parametrize("batch_size, processes, message", [
     (6, 4, "--batch-size 6 is not divisible by the 4 processes; use a multiple of 4"),
     (4, 4, "--batch-size 4 gives each of the 4 processes 1 image per step, and batch norm needs at least 2; use at least 8"),
@@ -205,6 +247,45 @@ def test_log_counts_in_singular_and_plural():
     assert counted(3, "run") == "3 runs"
     assert counted(1, "process", "processes") == "1 process"
     assert counted(2, "process", "processes") == "2 processes"
+
+
+def failing_main(error: BaseException):
+    """Return a script main function that raises ``error``."""
+    def main(argv):
+        raise error
+    return main
+
+
+@pytest.mark.parametrize("error, reason", [
+    (MemoryError("Caught MemoryError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):"),
+     "MemoryError: Caught MemoryError in DataLoader worker process 0."),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 400000000000 bytes."),
+     "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 400000000000 bytes."),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB."),
+     "OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB."),
+])
+def test_out_of_memory_logs_one_line(caplog, error, reason):
+    assert run_main(failing_main(error), []) == 1
+
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [f"the run ran out of memory ({reason}); lower --batch-size or --workers, "
+                      "or --image-size when training, then run again"]
+
+
+def test_other_runtime_error_keeps_traceback():
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_main(failing_main(RuntimeError("shape mismatch")), [])
+
+
+def test_challenge_text_counts_in_singular(tmp_path):
+    table = {"ResNet18": {"ReFM4": 50.0, "Random4_seed1": 60.0}}
+    subsets = {"ReFM4": ["a", "b", "c", "d"], "Random4_seed1": ["a", "b", "e", "f"]}
+
+    write_verdict(table, subsets, tmp_path, min_gap=1.0, epochs=1)
+
+    text = (tmp_path / "challenge.md").read_text()
+    assert "after 1 epoch of training" in text
+    assert "must be at least 1 point." in text
 
 
 # Pieces of the loop and the outputs
@@ -307,6 +388,49 @@ def test_finished_run_is_skipped_and_restart_retrains(subsets, tmp_path, keep_lo
 
     main(args + ["--restart"])
     assert last.stat().st_mtime_ns != written
+
+
+def test_finished_run_rejects_changed_flags(subsets, tmp_path, keep_logging):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--seed", "0")
+    main(args + ["--epochs", "1"])
+    last = tmp_path / "checkpoints" / "MobileNetV1_ReIN4" / "last.pth"
+    written = last.stat().st_mtime_ns
+
+    with pytest.raises(UserError) as error:
+        main(args + ["--epochs", "1", "--image-size", "64", "--batch-size", "12", "--lr", "0.5"])
+
+    message = str(error.value)
+    assert message.startswith("MobileNetV1_ReIN4 finished 1 epoch with other settings (")
+    assert "--batch-size 8 -> 12; --lr 0.01 -> 0.5; --image-size 32 -> 64; --resize-size 37 -> 73" in message
+    assert "pass --restart to train it again with them, or another --checkpoints folder to keep it" in message
+    assert last.stat().st_mtime_ns == written
+    assert main(args + ["--epochs", "2"]) == 0
+    assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_unwritable_results_stop_before_training(subsets, tmp_path, keep_logging):
+    (tmp_path / "file").write_text("not a folder")
+    results = tmp_path / "file" / "results"
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "1")
+
+    with pytest.raises(UserError) as error:
+        main(args + ["--results", str(results)])
+
+    assert str(error.value) == (f"--results {results} cannot be created or written to (Not a directory); "
+                                "pass a writable folder with --results, or make this one writable")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_oversized_batch_warns_once(subsets, tmp_path, log_capture):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "2", "--seed", "0")
+
+    main(args + ["--batch-size", "32"])
+
+    warning = ("ReIN4: --batch-size 32 is larger than the 24 training images, so each epoch is one step of 24 images; "
+               "lower --batch-size for more steps per epoch")
+    assert [record.getMessage() for record in log_capture.records].count(warning) == 1
+    rows = read_rows(tmp_path / "checkpoints" / "MobileNetV1_ReIN4" / "log.csv")
+    assert [row["train_images"] for row in rows] == ["24", "24"]
 
 
 def test_locked_run_folder_is_rejected(subsets, tmp_path, keep_logging):

@@ -21,7 +21,7 @@ import numpy as np
 from utils.atomic import write_text_atomically
 from utils.class_lists import read_class_list
 from utils.class_names import FASHION_MNIST_FOLDERS
-from utils.cli import exit_with, setup_logging
+from utils.cli import counted, exit_with, setup_logging
 from utils.config import load_config
 from utils.errors import UserError
 from utils.layouts import Layout, Split, detect_layout
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def points(value: float) -> str:
+    """Return ``value`` percentage points as text, in the singular for 1 ("1 point", "2.5 points")."""
+    return f"{value:g} point" if value == 1 else f"{value:g} points"
+
+
 def read_table(path: Path, archs: list[str], subsets: list[str]) -> dict[str, dict[str, float]]:
     """Read best top-1 per network and subset from the training results CSV."""
     with open(path, newline="", encoding="utf-8") as stream:
@@ -117,8 +122,8 @@ def write_verdict(table: dict[str, dict[str, float]], subsets: dict[str, list[st
         writer.writerow(header)
         writer.writerows(rows)
     text = (
-        f"# ReFM4 against random 4-class subsets\n\nBest validation top-1 (%) after {epochs} epochs of training "
-        f"from scratch; the gap is the random mean minus ReFM4 and must be at least {min_gap:g} points.\n\n"
+        f"# ReFM4 against random 4-class subsets\n\nBest validation top-1 (%) after {counted(epochs, 'epoch')} of training "
+        f"from scratch; the gap is the random mean minus ReFM4 and must be at least {points(min_gap)}.\n\n"
         + markdown_table(header, rows)
         + "\nClasses of each subset:\n\n"
         + "".join(f"- {name}: {', '.join(classes)}\n" for name, classes in subsets.items())
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     failing = write_verdict(table, subsets, out, args.min_gap, args.epochs)
     log.info("wrote %s", out / "challenge.md")
     if failing:
-        raise UserError(f"ReFM4 is not at least {args.min_gap:g} points harder than the random subsets for {', '.join(failing)}; see {out / 'challenge.md'}")
+        raise UserError(f"ReFM4 is not at least {points(args.min_gap)} harder than the random subsets for {', '.join(failing)}; see {out / 'challenge.md'}")
     return 0
 
 

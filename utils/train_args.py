@@ -6,7 +6,6 @@ which selects the default subsets folder and subset name prefix from the configu
 
 import argparse
 import logging
-import math
 from pathlib import Path
 
 from models import REFERENCE_ARCHITECTURES, check_architecture, min_input_size
@@ -29,6 +28,10 @@ DEFAULT_LR_GAMMA = 0.1
 DEFAULT_IMAGE_SIZE = 224
 RESIZE_RATIO = 256 / 224  # validation resize side over crop side, as in Resize(256) + CenterCrop(224)
 DEFAULT_WORKERS = 8
+# Largest finite float32. SGD passes the learning rate and weight decay to float32 kernels, which
+# reject larger values.
+FLOAT32_MAX = 3.4028234663852886e38
+SEED_LIMIT = 2**32
 
 
 def default_resize_size(image_size: int) -> int:
@@ -128,6 +131,7 @@ def parse_args(argv: list[str] | None, dataset: str) -> argparse.Namespace:
         args.resize_size = default_resize_size(args.image_size)
     if args.arch is None:
         args.arch = default_architectures(args.image_size)
+    args.arch = list(dict.fromkeys(args.arch))
     check_args(args)
     return args
 
@@ -150,13 +154,16 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise a UserError naming the flag and a valid value for the first invalid value."""
     _require(args.epochs >= 1, f"--epochs {args.epochs} is invalid; train for at least 1 epoch")
     _require(args.batch_size >= 2, f"--batch-size {args.batch_size} is invalid; batch norm needs at least 2 images per step")
-    _require(math.isfinite(args.lr) and args.lr > 0, f"--lr {args.lr} is invalid; the learning rate must be a positive number, e.g. 0.1")
+    _require(0 < args.lr <= FLOAT32_MAX,
+             f"--lr {args.lr} is invalid; the learning rate must be a positive number below 3.4e38 (the float32 maximum), e.g. 0.1")
     _require(0 <= args.momentum < 1, f"--momentum {args.momentum} is invalid; use a value in [0, 1), e.g. 0.9")
-    _require(math.isfinite(args.weight_decay) and args.weight_decay >= 0, f"--weight-decay {args.weight_decay} is invalid; use 0 or a positive value, e.g. 1e-4")
+    _require(0 <= args.weight_decay <= FLOAT32_MAX,
+             f"--weight-decay {args.weight_decay} is invalid; use 0 or a positive value below 3.4e38 (the float32 maximum), e.g. 1e-4")
     _require(args.lr_step >= 1, f"--lr-step {args.lr_step} is invalid; drop the learning rate every 1 or more epochs")
     _require(0 < args.lr_gamma <= 1, f"--lr-gamma {args.lr_gamma} is invalid; use a factor in (0, 1], e.g. 0.1")
     _require(args.workers >= 0, f"--workers {args.workers} is invalid; use 0 or more worker processes")
-    _require(args.seed is None or args.seed >= 0, f"--seed {args.seed} is invalid; use a non-negative integer")
+    _require(args.seed is None or 0 <= args.seed < SEED_LIMIT,
+             f"--seed {args.seed} is invalid; use an integer from 0 to {SEED_LIMIT - 1} (below 2**32)")
     _require(args.image_size >= 1, f"--image-size {args.image_size} is invalid; use a positive number of pixels")
     _require(args.resize_size >= args.image_size,
              f"--resize-size {args.resize_size} is smaller than --image-size {args.image_size}; "

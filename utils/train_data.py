@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets
 from torchvision.transforms import RandomResizedCrop, v2
 
+from utils.cli import counted
 from utils.distributed import DistributedContext
 from utils.errors import UserError
 from utils.image_decoding import EXIF_ORIENTATION, BatchNormalizer, lower_worker_priority, to_rgb
@@ -197,7 +198,7 @@ def find_datasets(data: Path, prefix: str, names: list[str] | None = None) -> li
         raise UserError(f"--data {data} is not a folder; build the subsets with `python RescaleDataset.py` "
                         "or point --data at a folder of subsets or at a dataset with train/ and val/")
     if has_splits(data):
-        found = [DatasetSource(data.name, data)]
+        found = [DatasetSource(dataset_name(data), data)]
     else:
         candidates = sorted((p for p in data.iterdir() if has_splits(p)), key=lambda p: natural_key(p.name))
         matching = [p for p in candidates if fnmatch.fnmatchcase(p.name, f"{prefix}*")]
@@ -211,6 +212,14 @@ def find_datasets(data: Path, prefix: str, names: list[str] | None = None) -> li
             "or at one dataset with train/ and val/"
         )
     return found
+
+
+def dataset_name(folder: Path) -> str:
+    """Return the last component of ``folder``, read from the resolved path when it is `..`.
+
+    So `TinyA/train/..` is named TinyA, while a symbolic link keeps its own name.
+    """
+    return folder.resolve().name if folder.name in ("", "..") else folder.name
 
 
 def _select_by_name(found: list[DatasetSource], names: list[str], data: Path) -> list[DatasetSource]:
@@ -295,6 +304,13 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: in
     )
 
 
+def warn_single_step(name: str, batch_size: int, images: int) -> None:
+    """Warn that a batch larger than the training set of ``images`` images makes every epoch one smaller step."""
+    log.warning("%s: --batch-size %d is larger than the %s, so each epoch is one step of %s; "
+                "lower --batch-size for more steps per epoch", name, batch_size,
+                counted(images, "training image"), counted(images, "image"))
+
+
 def make_training_data(
     source: DatasetSource,
     preprocessing: Preprocessing,
@@ -324,6 +340,8 @@ def make_training_data(
     check_same_classes(train_set, val_set, source.root)
     sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
     drop_last = len(sampler) >= per_process
+    if not drop_last and context.is_main:
+        warn_single_step(source.name, batch_size, len(train_set))
     train_loader = SkipUnreadable(make_loader(train_set, sampler, per_process, workers, device, drop_last),
                                   f"{source.name} train", min_batch=2)
     train_loader = NormalizedBatches(train_loader, mean, std, device)

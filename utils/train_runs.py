@@ -1,10 +1,11 @@
 """Training and evaluating one run: one network on one dataset, in `<checkpoints>/<arch>_<dataset>/`.
 
-A run whose `last.pth` has all requested epochs is skipped. A run with fewer epochs resumes from
-`last.pth` at the next epoch, with the restored optimizer, learning-rate scheduler and gradient
-scaler. Every epoch reseeds the RNGs from (seed, epoch, rank), so a resumed run repeats exactly
-what the interrupted run would have done. With several processes, every process reads the run
-folder, so on several machines `--checkpoints` must be on a shared file system.
+A run whose `last.pth` has all requested epochs is skipped if it was trained with the same
+run-defining flags, and stops the script with an error otherwise. A run with fewer epochs resumes
+from `last.pth` at the next epoch, with the restored optimizer, learning-rate scheduler and
+gradient scaler. Every epoch reseeds the RNGs from (seed, epoch, rank), so a resumed run repeats
+exactly what the interrupted run would have done. With several processes, every process reads the
+run folder, so on several machines `--checkpoints` must be on a shared file system.
 """
 
 import argparse
@@ -126,12 +127,29 @@ def read_last_checkpoint(run: Run, context: DistributedContext) -> dict | None:
     return checkpoint
 
 
-def check_resumable(run: Run, checkpoint: dict, args: argparse.Namespace, class_names: list[str]) -> None:
-    """Raise a UserError if the flags or the classes differ from those the run started with."""
+def changed_flags(checkpoint: dict, args: argparse.Namespace) -> list[str]:
+    """Return the run-defining flags that differ from those in ``checkpoint``, each as "--flag old -> new".
+
+    The seed is compared only when --seed is given.
+    """
     stored = checkpoint["config"]
     flags = [flag for flag in RUN_DEFINING_FLAGS if flag != "seed" or args.seed is not None]
-    changed = [f"--{flag.replace('_', '-')} {stored.get(flag)} -> {getattr(args, flag)}"
-               for flag in flags if stored.get(flag) != getattr(args, flag)]
+    return [f"--{flag.replace('_', '-')} {stored.get(flag)} -> {getattr(args, flag)}"
+            for flag in flags if stored.get(flag) != getattr(args, flag)]
+
+
+def check_finished_run_flags(run: Run, checkpoint: dict, args: argparse.Namespace) -> None:
+    """Raise a UserError if a finished run would be skipped although it was trained with other flags."""
+    changed = changed_flags(checkpoint, args)
+    if changed:
+        raise UserError(f"{run.name} finished {counted(checkpoint['epoch'], 'epoch')} with other settings "
+                        f"({'; '.join(changed)}), so its results do not match these flags; pass --restart to train "
+                        "it again with them, or another --checkpoints folder to keep it")
+
+
+def check_resumable(run: Run, checkpoint: dict, args: argparse.Namespace, class_names: list[str]) -> None:
+    """Raise a UserError if the flags or the classes differ from those the run started with."""
+    changed = changed_flags(checkpoint, args)
     if changed:
         raise UserError(f"{run.name} was started with other settings ({'; '.join(changed)}); "
                         "pass the original values to resume it, or --restart to train it again")
@@ -265,6 +283,7 @@ def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedCon
     barrier()
     checkpoint = read_last_checkpoint(run, context)
     if checkpoint is not None and checkpoint["epoch"] >= args.epochs:
+        check_finished_run_flags(run, checkpoint, args)
         log.info("%s: already trained for %s, skipping (pass --restart to train it again)", run.name,
                  counted(checkpoint["epoch"], "epoch"))
         return

@@ -3,12 +3,14 @@
 import argparse
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
 from models import REFERENCE_ARCHITECTURES, count_parameters
 from utils.cli import counted, setup_logging
-from utils.distributed import DistributedContext, init_distributed, resolve_device, shutdown_distributed
+from utils.distributed import DistributedContext, broadcast_from_main, init_distributed, resolve_device, shutdown_distributed
 from utils.errors import UserError
 from utils.results_table import write_results_table
 from utils.train_args import parse_args
@@ -68,6 +70,26 @@ def check_batch_size(args: argparse.Namespace, context: DistributedContext) -> N
                         f"use at least {2 * context.world_size}")
 
 
+def results_folder_problem(folder: Path) -> str | None:
+    """Create ``folder``, then write and delete a temporary file in it. Return the error message if that fails, else None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return (f"--results {folder} cannot be created or written to ({error.strerror or error}); "
+                "pass a writable folder with --results, or make this one writable")
+    return None
+
+
+def check_results_folder(folder: Path, context: DistributedContext) -> None:
+    """Raise a UserError on every process, before any training, unless process 0 can write the results table in ``folder``."""
+    problem = results_folder_problem(folder) if context.is_main else None
+    problem = broadcast_from_main(problem, context)
+    if problem:
+        raise UserError(problem)
+
+
 def run_all(runs: list[Run], args: argparse.Namespace, context: DistributedContext, device: torch.device,
             precision: Precision) -> list[str]:
     """Train or evaluate every run; return the names of runs stopped by a NaN or infinite loss."""
@@ -108,6 +130,8 @@ def main(argv: list[str] | None = None, dataset: str = "ImageNet") -> int:
     device, context = start_processes(args)
     try:
         check_batch_size(args, context)
+        if not args.evaluate:
+            check_results_folder(args.results, context)
         precision = choose_precision(args, device)
         log.info("%s: %s on %s; device %s, %s", counted(len(runs), "run"), ", ".join(args.arch),
                  ", ".join(source.name for source in sources), device, counted(context.world_size, "process", "processes"))
