@@ -281,6 +281,18 @@ def test_import_csv_empty_class(tmp_path):
     assert import_error(path) == f"{path}, line 3: the true class column is empty; fill it in or delete the line"
 
 
+@pytest.mark.parametrize("lines, bad", [(["a.png,cat,dog,0.4", "b.png,dog,dog"], (2, 3, 1, 4)),
+                                        (["a.png,cat,dog", "b.png,dog,dog,0.9"], (2, 4, 1, 3))])
+def test_import_csv_mixed_probability_columns(tmp_path, lines, bad):
+    path = tmp_path / "outcomes.csv"
+    path.write_text("\n".join(lines) + "\n")
+    number, columns, first, first_columns = bad
+    assert import_error(path) == (
+        f"{path}, line {number}: {columns} columns, but line {first} has {first_columns}; "
+        "give the probability column on every line or on none"
+    )
+
+
 @pytest.mark.parametrize("value", ["1.5", "-0.2", "nan", "inf"])
 def test_import_csv_probability_out_of_range(tmp_path, value):
     path = tmp_path / "outcomes.csv"

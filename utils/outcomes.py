@@ -276,7 +276,12 @@ def _import_csv(path: Path) -> Outcomes:
         raise UserError(f"{path}, line {second}: image {row[0]!r} already appears on line {first}; give each image one row")
     names = sorted({row[1] for _, row in rows} | {row[2] for _, row in rows})
     index = {name: i for i, name in enumerate(names)}
-    has_probs = all(len(row) == 4 for _, row in rows)
+    has_probs = len(rows[0][1]) == 4
+    mixed = next(((number, row) for number, row in rows if (len(row) == 4) != has_probs), None)
+    if mixed is not None:
+        number, row = mixed
+        raise UserError(f"{path}, line {number}: {len(row)} columns, but line {rows[0][0]} has {len(rows[0][1])}; "
+                        "give the probability column on every line or on none")
     return Outcomes(
         class_names=names,
         true=np.array([index[row[1]] for _, row in rows]),
