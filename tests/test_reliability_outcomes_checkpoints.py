@@ -111,6 +111,51 @@ def test_stale_outcomes_recomputed(tmp_path, caplog):
     assert "validation pass done: 10 images" in text
 
 
+def write_csv_outcomes(path, root, relabel: dict[str, str] | None = None):
+    """Write CSV outcomes of the tree's validation images, with every prediction right, or relabelled."""
+    rows = []
+    for image in sorted((root / "val").glob("*/*")):
+        label = image.parent.name
+        rows.append(f"{image.relative_to(root).as_posix()},{(relabel or {}).get(label, label)},{label}\n")
+    path.write_text("".join(rows))
+    return path
+
+
+@pytest.mark.parametrize("case", ["classes of another dataset", "labels that contradict the dataset"])
+def test_imported_outcomes_that_do_not_fit_the_dataset(dataset, tmp_path, caplog, case):
+    root, before, network = dataset
+    results = tmp_path / "results"
+    args = rescale_args(root, results, tmp_path / "out", network, "--no-materialize", "--sizes", "2")
+    run_and_log(caplog, *args)
+    lists_before = tree_digest(results)
+    relabel = {"trouser": "airfield"} if case.startswith("classes") else {"trouser": "pullover"}
+    imported = write_csv_outcomes(tmp_path / "imported.csv", root, relabel)
+
+    caplog.clear()
+    assert rescale("--outcomes", imported, *args) == 1
+
+    if case.startswith("classes"):
+        assert f"--outcomes {imported}: 1 of 3 names are not classes of the dataset: 'airfield'" in errors(caplog)
+    else:
+        assert f"--outcomes {imported}: 3 of 9 images have another true class than in {root}" in errors(caplog)
+        assert "is 'pullover' in the outcomes and 'trouser' in the dataset" in errors(caplog)
+    assert "import outcomes of this dataset, or set --data" in errors(caplog)
+    assert {k: v for k, v in tree_digest(results).items() if k != ".lock"} == {k: v for k, v in lists_before.items() if k != ".lock"}
+    assert tree_digest(root) == before
+
+
+def test_imported_outcomes_that_fit_the_dataset(dataset, tmp_path, caplog):
+    root, before, network = dataset
+    imported = write_csv_outcomes(tmp_path / "imported.csv", root)
+
+    text = run_and_log(caplog, "--outcomes", imported, *rescale_args(root, tmp_path / "results", tmp_path / "out", network,
+                                                                      "--no-materialize", "--sizes", "2"))
+
+    assert "imported outcomes of 9 images" in text
+    assert "were not compared with the dataset" not in text
+    assert tree_digest(root) == before
+
+
 # 14. A truncated or corrupted outcomes file or checkpoint
 
 def damaged(data: bytes, damage: str) -> bytes:

@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from tests.dataset_trees import make_places365_tree
 from tests.helpers import SHARED, run_script, tree_digest
 
 REFERENCE = SHARED / "reference" / "imagenet_val_outcomes"
@@ -82,10 +83,21 @@ def test_size_above_class_count(tmp_path):
     assert "1000" in run.stderr
 
 
+def test_imported_outcomes_checked_against_given_dataset(tmp_path):
+    run = run_script(
+        "RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path / "results"),
+        "--data", str(tmp_path / "absent"),
+    )
+    assert_clean_failure(run)
+    assert f"dataset not found at {tmp_path / 'absent'}" in run.stderr
+    assert not (tmp_path / "results" / "ReIN30.txt").exists()
+
+
 def test_imported_outcomes_need_no_dataset(tmp_path):
+    # The configured ImageNet root does not exist here, and without --data it is not opened.
     run = run_script(
         "RescaleDataset.py", "--outcomes", str(REFERENCE), "--no-materialize", "--results", str(tmp_path),
-        "--data", str(tmp_path / "absent"), "--random-baselines", "10",
+        "--random-baselines", "10",
     )
     assert run.returncode == 0, run.stderr
     lists = (tmp_path / "List_file_rescale.txt").read_text().split()
@@ -162,3 +174,14 @@ def test_lists_unknown_entry_names_closest(tmp_path):
     assert "n01443573" in run.stderr
     assert "n01443537" in run.stderr
     assert not (tmp_path / "subsets" / "mine").exists()
+
+
+def test_missing_places365_checkpoint_names_the_download(tmp_path):
+    root = make_places365_tree(tmp_path / "Places365", "easy", ["airfield", "arch", "church-outdoor"])
+
+    run = run_script("RescaleDataset.py", "--dataset", "Places365", "--data", str(root), "--results", str(tmp_path / "results"),
+                     "--weights", str(tmp_path / "resnet50_places365.pth.tar"), "--no-materialize")
+
+    assert_clean_failure(run)
+    assert (f"Places365 checkpoint {tmp_path / 'resnet50_places365.pth.tar'} not found; download resnet50_places365.pth.tar "
+            "from http://places2.csail.mit.edu/models_places365/ to that path") in run.stderr

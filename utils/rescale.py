@@ -119,12 +119,14 @@ def rescale(settings: RescaleSettings, context: DistributedContext, device) -> N
             prepare_fashion_mnist(settings)
         barrier()
     layout = None
-    if settings.outcomes is None or (settings.materialize and context.is_main):
+    if settings.outcomes is None or ((settings.materialize or settings.data_given) and context.is_main):
         layout = open_layout(settings)
 
     outcomes = obtain_outcomes(settings, layout, context, device)
     if not context.is_main:
         return
+    if settings.outcomes is not None and layout is not None:
+        check_imported_outcomes(settings.outcomes, outcomes, layout)
     stats = compute_statistics(outcomes)
     write_statistics(stats, outcomes, settings.results / "statistics")
     subsets = select_and_report(settings, outcomes, stats)
@@ -211,6 +213,7 @@ def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: D
     split = layout.split("val")
     if len(split) == 0:
         raise UserError(f"no validation images found under {settings.root} ({layout.description}); check the dataset root")
+    check_places365_weights(settings)
     network = load_network(settings.model, settings.weights, settings.class_names, settings.trust_checkpoint, settings.draft)
     labels, unknown = label_indices(split, network.class_names, settings.skip_unknown_classes)
 
@@ -228,6 +231,54 @@ def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: D
         outcomes.meta.update(expected, created=now_iso(), source="validation-pass")
         save_outcomes(outcomes, path)
     return outcomes
+
+
+def check_imported_outcomes(source: Path, outcomes: Outcomes, layout: Layout) -> None:
+    """Raise UserError, before anything is written, when imported outcomes do not fit the dataset.
+
+    Every class with images in the outcomes must be a class of the dataset. Images whose path is a
+    validation file of the dataset (relative to its root) must have the dataset's class; other
+    paths are counted in a warning, since imports may name files another way.
+    """
+    fix = "import outcomes of this dataset, or set --data to the dataset they come from"
+    present = sorted({outcomes.class_names[index] for index in set(outcomes.true.tolist())})
+    check_classes(present, layout.classes(), f"--outcomes {source}", fix)
+    if outcomes.paths is None:
+        return
+    split = layout.split("val")
+    truth = dict(zip(split.files, split.labels))
+    matched, wrong = 0, []
+    for path, label in zip(outcomes.paths.tolist(), outcomes.true.tolist()):
+        expected = truth.get(path)
+        if expected is None:
+            continue
+        matched += 1
+        if expected != outcomes.class_names[label]:
+            wrong.append((path, outcomes.class_names[label], expected))
+    if wrong:
+        path, imported, expected = wrong[0]
+        raise UserError(
+            f"--outcomes {source}: {len(wrong)} of {matched} images have another true class than in {layout.root}, "
+            f"for example {path} is {imported!r} in the outcomes and {expected!r} in the dataset; {fix}"
+        )
+    if matched < len(outcomes):
+        log.warning("%d of %d imported images are not validation files of %s (paths relative to the dataset root), "
+                    "so their true classes were not compared with the dataset", len(outcomes) - matched, len(outcomes), layout.root)
+
+
+PLACES365_MODELS = "http://places2.csail.mit.edu/models_places365/"
+
+
+def check_places365_weights(settings: RescaleSettings) -> None:
+    """Raise UserError with the download address when a Places365 checkpoint file is missing."""
+    weights = settings.weights
+    if settings.dataset != "Places365" or not weights or Path(weights).exists():
+        return
+    if "/" in weights or weights.endswith((".pth", ".tar", ".pt")):
+        raise UserError(
+            f"Places365 checkpoint {weights} not found; download {Path(weights).name} from {PLACES365_MODELS} "
+            "to that path, or pass --weights with the path of another Places365 checkpoint"
+        )
 
 
 def describe(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -> str:
