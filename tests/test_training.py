@@ -408,6 +408,27 @@ def test_finished_run_rejects_changed_flags(subsets, tmp_path, keep_logging):
     assert load_checkpoint(last)["epoch"] == 2
 
 
+def test_finished_run_rejects_changed_classes(tmp_path, keep_logging):
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_dataset(first / "ReX3", [0, 1, 2], train_per_class=4, val_per_class=2)
+    write_dataset(second / "ReX3", [0, 1], train_per_class=4, val_per_class=2)
+    checkpoints = ["--checkpoints", str(tmp_path / "checkpoints"), "--results", str(tmp_path / "results")]
+    common = [*SMALL_RUN, *checkpoints, "--arch", "MobileNetV1", "--seed", "0", "--epochs", "1"]
+    assert main(["--data", str(first), *common]) == 0
+    last = tmp_path / "checkpoints" / "MobileNetV1_ReX3" / "last.pth"
+    written = last.stat().st_mtime_ns
+
+    with pytest.raises(UserError) as error:
+        main(["--data", str(second), *common])
+
+    assert str(error.value) == (
+        f"MobileNetV1_ReX3 finished with other classes than the train/ and val/ folders of {second / 'ReX3'} now have; "
+        "pass --restart to train it on the current classes, or another --checkpoints folder to keep it"
+    )
+    assert last.stat().st_mtime_ns == written
+    assert main(["--data", str(first), *common]) == 0
+
+
 def test_unwritable_results_stop_before_training(subsets, tmp_path, keep_logging):
     (tmp_path / "file").write_text("not a folder")
     results = tmp_path / "file" / "results"

@@ -42,6 +42,12 @@ def class_order_key(name: str) -> tuple[list, str]:
     return natural_key(name), name
 
 
+def class_folders(directory) -> list[str]:
+    """Return the class folders of one split (sub-folders, hidden ones excluded) in natural order."""
+    with os.scandir(directory) as entries:
+        return sorted((e.name for e in entries if e.is_dir() and not e.name.startswith(".")), key=class_order_key)
+
+
 def unreadable_marker(index: int) -> int:
     """Return the label that marks dataset item ``index`` as unreadable: -1 for item 0, -2 for item 1, ..."""
     return -index - 1
@@ -55,8 +61,7 @@ class TrainingImages(datasets.ImageFolder):
 
     def find_classes(self, directory) -> tuple[list[str], dict[str, int]]:
         """Return the class folders in natural order and their indices; raise FileNotFoundError if there are none."""
-        with os.scandir(directory) as entries:
-            classes = sorted((e.name for e in entries if e.is_dir() and not e.name.startswith(".")), key=class_order_key)
+        classes = class_folders(directory)
         if not classes:
             raise FileNotFoundError(f"no class folder found in {directory}")
         return classes, {name: index for index, name in enumerate(classes)}

@@ -41,6 +41,7 @@ from utils.train_checkpoint import (
     seed_everything,
 )
 from utils.train_data import DatasetSource, Preprocessing, TrainingData, make_training_data
+from utils.train_images import class_folders
 from utils.train_log import LOG_FILE, epoch_row, write_epoch_log
 from utils.train_loop import FaultInjection, Metrics, Precision, evaluate, train_one_epoch
 
@@ -145,6 +146,18 @@ def check_finished_run_flags(run: Run, checkpoint: dict, args: argparse.Namespac
         raise UserError(f"{run.name} finished {counted(checkpoint['epoch'], 'epoch')} with other settings "
                         f"({'; '.join(changed)}), so its results do not match these flags; pass --restart to train "
                         "it again with them, or another --checkpoints folder to keep it")
+
+
+def check_finished_run_classes(run: Run, checkpoint: dict) -> None:
+    """Raise a UserError if a finished run would be skipped although its dataset's class folders changed."""
+    try:
+        current = {split: class_folders(run.source.root / split) for split in ("train", "val")}
+    except OSError as error:
+        raise UserError(f"{run.source.root} cannot be read ({error.strerror or error}); check the --data folder") from None
+    stored = list(checkpoint["class_names"])
+    if current["train"] != stored or current["val"] != stored:
+        raise UserError(f"{run.name} finished with other classes than the train/ and val/ folders of {run.source.root} "
+                        "now have; pass --restart to train it on the current classes, or another --checkpoints folder to keep it")
 
 
 def check_resumable(run: Run, checkpoint: dict, args: argparse.Namespace, class_names: list[str]) -> None:
@@ -284,6 +297,7 @@ def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedCon
     checkpoint = read_last_checkpoint(run, context)
     if checkpoint is not None and checkpoint["epoch"] >= args.epochs:
         check_finished_run_flags(run, checkpoint, args)
+        check_finished_run_classes(run, checkpoint)
         log.info("%s: already trained for %s, skipping (pass --restart to train it again)", run.name,
                  counted(checkpoint["epoch"], "epoch"))
         return
