@@ -2,7 +2,8 @@
 
 `python -m bench` runs every benchmark at full size and writes bench/results.json and
 docs/benchmarks.md. `--quick` uses smaller inputs and fewer repetitions, a few minutes on 2 CPU
-cores. `python -m bench --only gpu --out DIR` runs the GPU benchmark alone and writes to DIR.
+cores, and writes to bench/quick/ so that the committed results stay. `python -m bench --only gpu
+--out DIR` runs the GPU benchmark alone and writes to DIR.
 
 The exit status is 1 when any benchmark misses its target, so a regression never hides in the table.
 """
@@ -64,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
                         help=f"run only these benchmarks: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="write results.json and benchmarks.md to DIR (default: bench/results.json and docs/benchmarks.md)")
+                        help="write results.json and benchmarks.md to DIR (default: bench/results.json and docs/benchmarks.md, "
+                             "or bench/quick/ with --quick)")
     parser.add_argument("--work", type=Path, metavar="DIR",
                         help="folder for the generated inputs, reused by later runs (default: rescale-bench in the temporary folder)")
     parser.add_argument("--workers", type=int, default=min(4, len(os.sched_getaffinity(0))),
@@ -167,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     run["load_average_end"] = [round(value, 2) for value in os.getloadavg()]
     run["notes"] = notes
     report.print_table(results)
-    json_path = args.out / "results.json" if args.out else REPO / "bench" / "results.json"
-    markdown_path = args.out / "benchmarks.md" if args.out else REPO / "docs" / "benchmarks.md"
+    # A quick run writes beside the committed full results instead of over them.
+    out = args.out or (REPO / "bench" / "quick" if args.quick else None)
+    json_path = out / "results.json" if out else REPO / "bench" / "results.json"
+    markdown_path = out / "benchmarks.md" if out else REPO / "docs" / "benchmarks.md"
     report.write_json(json_path, run, results)
     report.write_markdown(markdown_path, run, results, notes)
     log.info("wrote %s and %s", json_path, markdown_path)

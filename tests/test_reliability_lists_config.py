@@ -268,6 +268,27 @@ def test_results_folder_that_is_a_file(dataset, tmp_path, caplog):
     assert taken.read_text() == "notes\n"
 
 
+@pytest.mark.parametrize("blocker, message", [
+    ("statistics", "statistics failed: {path} is a file where a folder is needed; move that file away"),
+    ("ReFM2.txt", "ReFM2.txt failed: a folder has that name; move the folder away"),
+])
+def test_output_name_taken_by_the_wrong_kind(dataset, tmp_path, caplog, blocker, message):
+    root, before, network = dataset
+    results = tmp_path / "results"
+    results.mkdir()
+    path = results / blocker
+    if blocker.endswith(".txt"):
+        path.mkdir()
+    else:
+        path.write_text("notes\n")
+
+    assert rescale(*rescale_args(root, results, tmp_path / "out", network, "--no-materialize", "--sizes", "2")) == 1
+
+    assert f"writing {path} failed" in errors(caplog)
+    assert message.format(path=path) in errors(caplog)
+    assert tree_digest(root) == before
+
+
 def test_demo_network_inside_dataset_root(tmp_path, caplog):
     root = tmp_path / "fm"
     weights = root / "net.pth"

@@ -108,12 +108,24 @@ def test_hardlink_falls_back_to_copy(imagenet, tmp_path, monkeypatch, caplog):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", cross_device_link)
-    with caplog.at_level(logging.WARNING, logger="utils.file_placement"):
+    with caplog.at_level(logging.INFO):
         build_subsets(imagenet, {"ReIN3": SUBSET}, tmp_path / "out", mode="hardlink", workers=2)
     assert caplog.text.count("another file system") == 1
+    assert "built by copy, since hard links fail there" in caplog.text
     train_file = tmp_path / "out" / "ReIN3" / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG"
     assert os.stat(train_file).st_nlink == 1
     assert train_file.read_bytes() == (imagenet.root / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG").read_bytes()
+
+
+def test_subset_path_that_is_a_file(imagenet, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ReIN3").write_text("notes\n")
+
+    with pytest.raises(UserError, match=f"{out / 'ReIN3'} is a file, not a subset folder; move it away or delete it"):
+        build_subsets(imagenet, {"ReIN3": SUBSET}, out, mode="copy", workers=1)
+
+    assert (out / "ReIN3").read_text() == "notes\n"
 
 
 def test_symlinks_point_to_absolute_sources(imagenet, tmp_path):

@@ -57,10 +57,25 @@ def atomic_output(path: Path, mode: str = "w", **open_kwargs):
 
 def write_error(path: Path, error: OSError) -> UserError:
     """Return the UserError for a failed write of ``path``."""
+    if isinstance(error, IsADirectoryError):
+        return UserError(f"writing {path} failed: a folder has that name; move the folder away, then run again")
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return UserError(
+            f"writing {path} failed: {error.filename or path.parent} is a file where a folder is needed; "
+            "move that file away, then run again"
+        )
     return UserError(
         f"writing {path} failed: {error.strerror or error}; free disk space or fix the permissions of "
         f"{path.parent}, then run again (the previous {path.name}, if any, is unchanged)"
     )
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents if missing, or raise UserError saying why it cannot be created."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(folder, error) from error
 
 
 def write_text_atomically(path: Path, text: str) -> None:

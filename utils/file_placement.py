@@ -71,6 +71,11 @@ class FilePlacer:
         self._lock = threading.Lock()
         self._fallbacks_logged: set[int] = set()
 
+    @property
+    def copied_instead(self) -> bool:
+        """True when some hard links failed and the files were copied instead."""
+        return bool(self._fallbacks_logged)
+
     def place(self, planned: PlannedFile) -> None:
         """Place one file unless it is already in place; raise UserError when writing fails."""
         # String paths: pathlib objects cost more per file than the link itself.

@@ -230,7 +230,7 @@ def check_wnid_folders(split_dir: Path) -> None:
         raise UserError(
             f"{split_dir} has {len(invalid)} class folders that are not WordNet ids such as n01440764, "
             f"e.g. {', '.join(invalid[:MAX_EXAMPLES])}; move them out of {split_dir}, "
-            "or use the ImageFolder dataset for classes named otherwise"
+            "or use --dataset Places365 for Places365 categories and --dataset ImageFolder for classes named otherwise"
         )
     known = set(imagenet_wnids())
     outside = [name for name in folders if name not in known]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.atomic import atomic_output, write_text_atomically
+from utils.atomic import atomic_output, make_folder, write_text_atomically
 from utils.class_lists import reads_back
 from utils.class_names import readable_name
 from utils.outcomes import Outcomes
@@ -82,7 +82,7 @@ CLASS_HEADER = ["class", "name", "images", "top1_%", "top5_%", "errors", "most c
 
 def write_statistics(stats: Statistics, outcomes: Outcomes, folder: Path) -> None:
     """Write per-class accuracy, the sparse confusion counts and the sensitive images."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     present = stats.present
     order = present[np.lexsort((stats.name_rank[present], stats.top1_accuracy[present]))]
     rows = _class_rows(stats, order.tolist())
@@ -186,7 +186,7 @@ FIGURE_HEADER = [
 
 def write_subset_report(result: SubsetResult, stats: Statistics, folder: Path, context: str) -> None:
     """Write `<name>.md` and `<name>.csv` with each class and the subset's challenge figures."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     order = sorted(result.classes, key=lambda c: (stats.top1_accuracy[c], stats.name_rank[c]))
     rows = _class_rows(stats, order)
     _write_csv(folder / f"{result.name}.csv", CLASS_HEADER, rows)

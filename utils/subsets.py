@@ -166,7 +166,7 @@ def build_subset(
         problem = find_problem(final, manifest, files, mode)
         if problem is None:
             return summarize(name, final, manifest, time.monotonic() - start, skipped=True)
-        log.info("%s: %s; rebuilding it", final, problem)
+        log.warning("%s: %s; rebuilding it, which removes files added by hand", final, problem)
 
     placer = FilePlacer(partial, mode)
     prepare_partial(partial, files)
@@ -175,7 +175,7 @@ def build_subset(
     write_text_atomically(partial / README, describe_subset(manifest))
     write_text_atomically(partial / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     swap_in(partial, final, old)
-    return summarize(name, final, manifest, time.monotonic() - start, skipped=False)
+    return summarize(name, final, manifest, time.monotonic() - start, skipped=False, copied=placer.copied_instead)
 
 
 def plan_files(
@@ -260,6 +260,8 @@ def find_problem(folder: Path, manifest: dict, files: list[PlannedFile], mode: s
     this module did not write.
     """
     manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a subset folder; move it away or delete it, or choose another output folder")
     if not manifest_path.is_file():
         if not any(folder.iterdir()):
             folder.rmdir()
@@ -371,8 +373,8 @@ def describe_subset(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(name: str, path: Path, manifest: dict, seconds: float, skipped: bool) -> SubsetSummary:
-    """Log the one-line summary of a subset and return it as a record."""
+def summarize(name: str, path: Path, manifest: dict, seconds: float, skipped: bool, copied: bool = False) -> SubsetSummary:
+    """Log the one-line summary of a subset and return it as a record; ``copied`` marks a hard-link build that copied."""
     summary = SubsetSummary(
         name=name,
         path=path,
@@ -384,6 +386,8 @@ def summarize(name: str, path: Path, manifest: dict, seconds: float, skipped: bo
         skipped=skipped,
     )
     action = "complete and verified, skipped" if skipped else f"built by {manifest['mode']}"
+    if copied:
+        action = "built by copy, since hard links fail there"
     log.info(
         "%s: %d classes, %d train and %d val images, %s bytes, %.1f s, %s in %s",
         name, summary.classes, summary.train_images, summary.val_images, f"{summary.bytes:,}", seconds, action, path,
