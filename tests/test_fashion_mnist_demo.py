@@ -129,13 +129,14 @@ def test_tree_under_a_file_is_a_clear_error(tmp_path):
 def test_read_only_empty_root_is_kept(tmp_path, monkeypatch):
     root = tmp_path / "FashionMNIST"
     root.mkdir()
-    # The tests may run as root, for whom permission bits do not block writes; os.access reports them.
+    # Permission bits do not stop root, and the tests may run as root, so os.access reports the folder as read-only.
     monkeypatch.setattr("utils.fashion_mnist.os.access", lambda path, mode: Path(path) != root)
 
     with pytest.raises(UserError, match=f"{root} is read-only; make it writable or set --data"):
         write_image_folder(root, small_splits())
 
-    assert root.is_dir() and not any(root.iterdir())
+    assert root.is_dir()
+    assert not any(root.iterdir())
     assert not root.with_name("FashionMNIST.partial").exists()
 
 

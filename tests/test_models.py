@@ -90,7 +90,7 @@ def test_fashion_mnist_cnn_runs_from_its_min_size(side):
     assert model(torch.randn(2, 3, side, side)).shape == (2, 4)
 
 
-def test_fashion_mnist_cnn_pools_28x28_to_3x3_without_change():
+def test_fashion_cnn_pooling_keeps_28x28():
     # The pooling that admits other sizes must leave the demo network's 28x28 features as they are.
     model = build_model("fashion_mnist_cnn", num_classes=10).eval()
     images = torch.randn(2, 3, 28, 28)

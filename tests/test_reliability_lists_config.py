@@ -128,7 +128,7 @@ def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog,
     assert tree_digest(root) == before
 
 
-def test_list_reached_through_a_link_is_named_after_the_link(dataset, tmp_path):
+def test_linked_list_named_after_link(dataset, tmp_path):
     root, before, network = dataset
     target = write_list(tmp_path / "a" / "L1.txt", b"trouser\npullover\n")
     (tmp_path / "MyLink.txt").symlink_to(target)
@@ -259,13 +259,13 @@ def test_results_folder_inside_subsets_folder(dataset, tmp_path, caplog, lists):
 
 def test_results_folder_that_is_a_file(dataset, tmp_path, caplog):
     root, before, network = dataset
-    taken = tmp_path / "results.txt"
-    taken.write_text("notes\n")
+    results_file = tmp_path / "results.txt"
+    results_file.write_text("notes\n")
 
-    assert rescale(*rescale_args(root, taken, tmp_path / "out", network, "--no-materialize")) == 1
+    assert rescale(*rescale_args(root, results_file, tmp_path / "out", network, "--no-materialize")) == 1
 
-    assert f"{taken} is a file, not a folder; choose a folder for the outputs instead" in errors(caplog)
-    assert taken.read_text() == "notes\n"
+    assert f"{results_file} is a file, not a folder; choose a folder for the outputs instead" in errors(caplog)
+    assert results_file.read_text() == "notes\n"
 
 
 @pytest.mark.parametrize("blocker, message", [
@@ -327,7 +327,7 @@ def test_prefix_that_is_not_a_plain_name(dataset, tmp_path, capsys, prefix):
     assert tree_digest(root) == before
 
 
-def test_prefix_that_is_not_a_plain_name_in_config_file(dataset, tmp_path, monkeypatch, caplog):
+def test_config_prefix_not_plain_name(dataset, tmp_path, monkeypatch, caplog):
     root, before, network = dataset
     config = edited_config(tmp_path, "    prefix='ReIN',", "    prefix='../ReIN',")
     monkeypatch.setenv("RESCALE_CONFIG", str(config))

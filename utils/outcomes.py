@@ -108,7 +108,7 @@ class Outcomes:
 
 
 class InconsistentOutcomes(UserError):
-    """Error for outcomes whose arrays disagree with each other or with the class list. Callers add the file name."""
+    """Outcomes whose arrays disagree with each other or with the class list. Callers add the file name."""
 
 
 def _first_repeat(values) -> tuple[int, int] | None:
@@ -163,7 +163,7 @@ def save_outcomes(outcomes: Outcomes, path: Path) -> None:
 
 
 class DamagedOutcomes(UserError):
-    """An outcomes archive that is truncated, corrupt or incomplete; callers add the fix."""
+    """An outcomes archive that is truncated, corrupt or incomplete. Callers add the fix."""
 
 
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
@@ -213,7 +213,7 @@ def _check_zip_signature(path: Path) -> None:
     except FileNotFoundError:
         raise UserError(f"outcomes file {path} not found; check the path") from None
     except OSError as error:
-        raise UserError(f"outcomes file {path} cannot be read: {error.strerror or error}") from None
+        raise UserError(f"outcomes file {path} cannot be read: {error.strerror or error}; check its permissions") from None
     if head not in ZIP_SIGNATURES:
         raise DamagedOutcomes(f"outcomes file {path} is truncated or corrupt: it is empty or not an .npz (zip) archive")
 

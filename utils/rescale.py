@@ -21,7 +21,7 @@ from utils.layouts import Layout, detect_layout
 from utils.networks import load_network
 from utils.outcomes import OUTCOMES_FILE, Outcomes, fingerprint_split, import_outcomes, load_outcomes, now_iso, save_outcomes
 from utils.reports import SubsetResult, write_class_lists, write_statistics, write_subset_report, write_summary
-from utils.rescale_args import RescaleSettings, parse_settings
+from utils.rescale_args import CHECKPOINT_SUFFIXES, RescaleSettings, parse_settings
 from utils.selection import select_subsets
 from utils.statistics import Statistics, compute_statistics
 from utils.subset_metrics import SubsetScorer
@@ -236,9 +236,9 @@ def obtain_outcomes(settings: RescaleSettings, layout: Layout | None, context: D
 def check_imported_outcomes(source: Path, outcomes: Outcomes, layout: Layout) -> None:
     """Raise UserError, before anything is written, when imported outcomes do not fit the dataset.
 
-    Every class with images in the outcomes must be a class of the dataset. Images whose path is a
-    validation file of the dataset (relative to its root) must have the dataset's class; other
-    paths are counted in a warning, since imports may name files another way.
+    Every class with images in the outcomes must be a class of the dataset. An image whose path is
+    a validation file of the dataset (relative to its root) must have that file's class. Other
+    paths are only counted in a warning, because imports may name their files another way.
     """
     fix = "import outcomes of this dataset, or set --data to the dataset they come from"
     present = sorted({outcomes.class_names[index] for index in set(outcomes.true.tolist())})
@@ -274,7 +274,7 @@ def check_places365_weights(settings: RescaleSettings) -> None:
     weights = settings.weights
     if settings.dataset != "Places365" or not weights or Path(weights).exists():
         return
-    if "/" in weights or weights.endswith((".pth", ".tar", ".pt")):
+    if "/" in weights or weights.endswith(CHECKPOINT_SUFFIXES):
         raise UserError(
             f"Places365 checkpoint {weights} not found; download {Path(weights).name} from {PLACES365_MODELS} "
             "to that path, or pass --weights with the path of another Places365 checkpoint"

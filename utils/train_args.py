@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from models import REFERENCE_ARCHITECTURES, check_architecture, min_input_size
-from utils.config import PROJECT_ROOT, load_config, resolve_path
+from utils.config import PROJECT_ROOT, SEED_LIMIT, load_config, resolve_path
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ DEFAULT_WORKERS = 8
 # Largest finite float32. SGD passes the learning rate and weight decay to float32 kernels, which
 # reject larger values.
 FLOAT32_MAX = 3.4028234663852886e38
-SEED_LIMIT = 2**32
 
 
 def default_resize_size(image_size: int) -> int:
