@@ -147,8 +147,8 @@ EXPLANATION = """## What each row measures
 1. **Validation input pipeline**: decode, resize, center-crop and normalize generated JPEGs, no
    network. Baseline: the PyTorch ImageNet example's loader (ImageFolder, PIL, `Resize(256)`,
    `CenterCrop(224)`, `ToTensor`, `Normalize` per image). Project: `make_validation_loader`
-   (`ValidationImages` with `EvalTransform`) and `BatchNormalizer` per batch. Same batch size and
-   DataLoader workers on both sides.
+   (`ValidationImages` with `EvalTransform`, writing into shared batch buffers) and
+   `BatchNormalizer` per batch. Same batch size and DataLoader workers on both sides.
 2. **Validation pass**: the same with `mobilenet_v3_small` (random weights, 1,000 outputs) on the
    CPU. Baseline: the ImageNet example's validate loop (forward, loss, top-1 and top-5 hits) over
    the loader of benchmark 1. Project: `run_validation_pass`.
@@ -169,12 +169,16 @@ EXPLANATION = """## What each row measures
 
 - `EvalTransform` resizes with torch's antialiased uint8 kernel (the whole image, then the center
   crop), which matches PIL's resize within one grey level and is several times faster. RGB and
-  grayscale JPEGs are decoded by `torchvision.io.decode_jpeg`, which gives PIL's pixels faster.
+  grayscale JPEGs are decoded by `torchvision.io.decode_jpeg`, which gives PIL's pixels faster;
+  their size comes from the JPEG frame header, so PIL does not open them.
   JPEGs decode at a reduced DCT scale only when the reduced image keeps 1.5 times the resized
   size: drafting down to the resized size itself changed EfficientNet-Lite0's top-1 class on
   matplotlib's grace_hopper.jpg. With the gap of 1.5 the real photos keep their top-1 class (they
   are too small to be reduced); the generated 1024x768 photos are reduced to 1/2, and the table
   below gives how many keep their top-1 class.
+- The validation loader's workers decode each batch straight into one of a ring of shared-memory
+  buffers allocated once, instead of a new shared-memory segment per batch whose every page
+  faults in the worker and again in the main process.
 - `BatchNormalizer` turns uint8 batches into normalized floats once per batch; on the CPU with
   NumPy in the calling thread and a reused output buffer.
 - The training loaders crop with `DraftedRandomResizedCrop` (the crop box drawn as torchvision's

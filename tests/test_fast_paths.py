@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from tests.helpers import PHOTOS, photo, write_jpeg
-from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file
+from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, resized_size
 from utils.networks import IMAGENET_MEAN, IMAGENET_STD, load_network
 from utils.train_data import DraftedRandomResizedCrop, _draft_for_box
 from utils.validation_pass import fold_batch_norms
@@ -245,3 +245,67 @@ def test_untraceable_network_left_unchanged():
     network = DataDependent().eval()
 
     assert fold_batch_norms(network) is network
+
+
+# JPEG frame headers
+
+@pytest.mark.parametrize("mode, components", [("RGB", 3), ("L", 1), ("CMYK", 4)])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_frame_reads_size_and_components(tmp_path, mode, components, progressive):
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo("coffee").resize((301, 203)).convert(mode).save(path, quality=90, progressive=progressive, exif=exif.tobytes())
+
+    frame = jpeg_frame(np.fromfile(path, dtype=np.uint8))
+
+    assert (frame.width, frame.height, frame.precision, frame.components) == (301, 203, 8, components)
+
+
+def test_jpeg_frame_of_real_photo_matches_pil():
+    path = PHOTOS["grace_hopper"][0]
+
+    frame = jpeg_frame(np.fromfile(path, dtype=np.uint8))
+
+    assert (frame.width, frame.height) == Image.open(path).size
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"\xff\xd8\xff\xda\x00\x08"])
+def test_jpeg_frame_rejects_other_bytes(data):
+    assert jpeg_frame(np.frombuffer(data, dtype=np.uint8)) is None
+
+
+@pytest.mark.parametrize("size", [(1200, 700), (700, 1200), (800, 938), (1024, 768), (900, 500)])
+def test_draft_decision_ignores_orientation(tmp_path, size):
+    # The header path decides on the stored size; PIL's path decides on the upright one.
+    transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo("rocket").resize(size).save(path, quality=90, exif=exif.tobytes())
+    upright = size[::-1]
+
+    with Image.open(path) as image:
+        request = transform.draft_request(image, *resized_size(*upright, 256), orientation=6)
+
+    assert transform.draft_reduces(*size) == (request is not None)
+
+
+def test_rotated_jpeg_decodes_upright(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo("rocket").resize((400, 300)).save(path, quality=95, exif=exif.tobytes())
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])(open_rgb(path))
+
+    pixels = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))(path)
+
+    assert (pixels.int() - reference.int()).abs().max() <= 1
+
+
+def test_decompression_bomb_limit_applies_to_header_path(tmp_path, monkeypatch):
+    path = write_jpeg(tmp_path / "bomb.jpg", photo("rocket").resize((120, 100)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+
+    with pytest.raises(Image.DecompressionBombError):
+        EvalTransform(Preprocessing(64, 56, IMAGENET_MEAN, IMAGENET_STD))(path)

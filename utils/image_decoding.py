@@ -13,9 +13,12 @@ torch's antialiased uint8 kernel (bilinear or bicubic), which is vectorized and 
 faster than PIL's resize while giving the same pixels within one grey level. It returns uint8
 tensors, so conversion to float and normalization happen once per batch on the target device
 (`BatchNormalizer`). RGB and grayscale JPEGs that need no DCT reduction are decoded by
-`torchvision.io.decode_jpeg`, which gives PIL's pixels about 10% faster and without a copy.
+`torchvision.io.decode_jpeg`, which gives PIL's pixels about 10% faster and without a copy. Their
+size is read from the JPEG frame header (`jpeg_frame`), so PIL never opens them; that saved about
+0.1 ms of the 1.5 ms that a 500x375 image takes.
 """
 
+import io
 import logging
 import os
 import struct
@@ -115,17 +118,23 @@ class EvalTransform:
         self.use_torch = preprocessing.resampler == "torch" and self.torch_mode is not None
 
     def __call__(self, path: Path | str) -> torch.Tensor:
-        with Image.open(path) as image:
+        source = path
+        if self.use_torch:
+            data = np.fromfile(path, dtype=np.uint8)
+            frame = jpeg_frame(data)
+            pixels = self.decode_without_draft(data, frame)
+            if pixels is not None:
+                height, width = pixels.shape[1:]
+                return self.resize_then_crop(pixels, *resized_size(width, height, self.resize))
+            if frame is not None:
+                source = io.BytesIO(data)  # PIL reads the bytes already in memory, not the file again.
+        with Image.open(source) as image:
             orientation = image.getexif().get(EXIF_ORIENTATION, 1) if image.format in ("JPEG", "MPO", "TIFF", "PNG", "WEBP") else 1
             width, height = image.size
             if orientation in SWAPPING_ORIENTATIONS:
                 width, height = height, width
             new_width, new_height = resized_size(width, height, self.resize)
             request = self.draft_request(image, new_width, new_height, orientation)
-            if request is None and self.use_torch and image.format == "JPEG" and image.mode in ("RGB", "L"):
-                pixels = decode_jpeg_file(path)
-                if pixels is not None:
-                    return self.resize_then_crop(pixels, new_width, new_height)
             if request is not None:
                 image.draft("RGB", request)
             image.load()
@@ -135,6 +144,30 @@ class EvalTransform:
         if self.use_torch:
             return self.resize_then_crop(pixels_of(image), new_width, new_height)
         return self.crop_resized(image, new_width, new_height)
+
+    def decode_without_draft(self, data: np.ndarray, frame: "JpegFrame | None") -> torch.Tensor | None:
+        """Decode the bytes of an 8-bit RGB or grayscale JPEG that no DCT reduction applies to, without PIL.
+
+        Returns None for every other file, and for data that libjpeg rejects, so that PIL decodes
+        it or raises its error.
+        """
+        if frame is None or frame.components not in (1, 3) or frame.precision != 8:
+            return None
+        if Image.MAX_IMAGE_PIXELS is not None and frame.width * frame.height > Image.MAX_IMAGE_PIXELS:
+            return None  # PIL warns about or rejects such images as decompression bombs.
+        if self.draft and self.draft_reduces(frame.width, frame.height):
+            return None
+        return decode_jpeg_data(torch.from_numpy(data))
+
+    def draft_reduces(self, width: int, height: int) -> bool:
+        """Return whether a DCT reduction of a JPEG of this stored size keeps ``draft_gap`` times the resized size.
+
+        Resizing keeps the aspect ratio, so the result is the same whether or not EXIF orientation
+        swaps the axes.
+        """
+        new_width, new_height = resized_size(width, height, self.resize)
+        request = (ceil(new_width * self.draft_gap), ceil(new_height * self.draft_gap))
+        return min(width // request[0], height // request[1]) >= 2
 
     def draft_request(self, image: Image.Image, new_width: int, new_height: int, orientation: int) -> tuple[int, int] | None:
         """Return the size to pass to `Image.draft`, or None when no DCT reduction keeps ``draft_gap`` times the resized size."""
@@ -189,7 +222,12 @@ def pixels_of(image: Image.Image) -> torch.Tensor:
 
 
 def decode_jpeg_file(path: Path | str) -> torch.Tensor | None:
-    """Decode an RGB or grayscale JPEG file to a uint8 CHW RGB tensor with `torchvision.io.decode_jpeg`.
+    """Decode a JPEG file to a uint8 CHW RGB tensor (see `decode_jpeg_data`)."""
+    return decode_jpeg_data(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
+
+
+def decode_jpeg_data(data: torch.Tensor) -> torch.Tensor | None:
+    """Decode the bytes of an RGB or grayscale JPEG to a uint8 CHW RGB tensor with `torchvision.io.decode_jpeg`.
 
     The pixels are the same as PIL's (both use libjpeg-turbo with its default IDCT and upsampling),
     and EXIF orientation is applied. Returns None when libjpeg rejects the data, so that the
@@ -201,10 +239,53 @@ def decode_jpeg_file(path: Path | str) -> torch.Tensor | None:
     if not hasattr(torchvision.io, "decode_jpeg"):
         return None
     try:
-        data = torchvision.io.read_file(str(path))
         return torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
         return None
+
+
+@dataclass(frozen=True)
+class JpegFrame:
+    """The frame header of a JPEG: stored size (before EXIF orientation), sample precision, components."""
+
+    width: int
+    height: int
+    precision: int
+    components: int
+
+
+# Start-of-frame markers: 0xC0 to 0xCF except DHT (0xC4), JPG (0xC8) and DAC (0xCC).
+START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone, without a length: TEM and the restart markers RST0 to RST7.
+STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+def jpeg_frame(data: np.ndarray) -> JpegFrame | None:
+    """Return the frame header of JPEG bytes, or None when they are not a JPEG with a readable frame header."""
+    view = memoryview(data)
+    if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
+        return None
+    position = 2
+    while position + 4 <= len(view):
+        if view[position] != 0xFF:
+            return None
+        marker = view[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker in STANDALONE_MARKERS:
+            position += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or start of scan before any frame header
+            return None
+        (length,) = struct.unpack_from(">H", view, position + 2)
+        if marker in START_OF_FRAME:
+            if length < 8 or position + 10 > len(view):
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", view, position + 4)
+            return JpegFrame(width, height, precision, components) if width and height else None
+        position += 2 + length
+    return None
 
 
 def _pad_center(array: np.ndarray, crop: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,30 +23,70 @@ from utils.image_decoding import lower_worker_priority, DECODE_ERRORS, BatchNorm
 from utils.layouts import Split
 from utils.networks import PretrainedNetwork
 from utils.outcomes import Outcomes
+from utils.shared_batches import PREFETCH_FACTOR, BatchPlan, SharedBatchBuffers, buffer_slots
 
 log = logging.getLogger(__name__)
 
 
 class ValidationImages(Dataset):
-    """Images of one shard of the split as uint8 tensors; undecodable files are flagged, not raised."""
+    """Batches of one shard of the split as uint8 images, decoded into shared buffers; undecodable files are flagged, not raised.
 
-    def __init__(self, split: Split, indices: list[int], transform: EvalTransform):
+    An item is a whole batch of `BatchPlan`. It returns the batch number, the image indices, a
+    decode flag per image and the reasons of failures; the pixels stay in ``buffers``.
+    """
+
+    def __init__(self, split: Split, indices: list[int], transform: EvalTransform, buffers: SharedBatchBuffers):
         self.split = split
         self.indices = indices
         self.transform = transform
-        self.crop = transform.crop
+        self.buffers = buffers
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int):
-        index = self.indices[position]
-        path = self.split.root / self.split.files[index]
-        try:
-            return self.transform(path), index, True, ""
-        except DECODE_ERRORS as error:
-            reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            return torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), index, False, reason
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[int, list[int], list[bool], list[str]]:
+        number, start, stop = item
+        samples = self.buffers.slot_of(number)
+        indices, ok, reasons = self.indices[start:stop], [], []
+        for sample, index in zip(samples, indices):
+            try:
+                sample.copy_(self.transform(self.split.root / self.split.files[index]))
+                ok.append(True)
+                reasons.append("")
+            except DECODE_ERRORS as error:
+                sample.zero_()
+                ok.append(False)
+                reasons.append(f"{type(error).__name__}: {error}".splitlines()[0])
+        self.buffers.mark_written(number)
+        return number, indices, ok, reasons
+
+
+class ValidationLoader:
+    """Iterates over (uint8 NCHW images, image indices, decode flags, failure reasons) batches of one shard.
+
+    DataLoader workers decode into shared buffers that are reused from batch to batch (see
+    `utils.shared_batches`), so each batch of images is valid only until the next one is asked for.
+    """
+
+    def __init__(self, preprocessing: Preprocessing, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int):
+        self.buffers = SharedBatchBuffers(buffer_slots(workers), batch_size, (3, preprocessing.crop, preprocessing.crop))
+        self.loader = DataLoader(
+            ValidationImages(split, indices, EvalTransform(preprocessing), self.buffers),
+            batch_size=None,
+            sampler=BatchPlan(len(indices), batch_size),
+            num_workers=workers,
+            prefetch_factor=PREFETCH_FACTOR if workers else None,
+            persistent_workers=False,
+            worker_init_fn=lower_worker_priority if device.type == "cpu" else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]]:
+        for number, indices, ok, reasons in self.loader:
+            images = self.buffers.batch(number, len(indices))
+            yield images, torch.tensor(indices, dtype=torch.int64), torch.tensor(ok, dtype=torch.bool), reasons
 
 
 @dataclass
@@ -83,16 +124,9 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def make_validation_loader(preprocessing: Preprocessing, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int) -> DataLoader:
-    """Return the DataLoader of the validation pass: uint8 image batches, their indices and decode flags."""
-    return DataLoader(
-        ValidationImages(split, indices, EvalTransform(preprocessing)),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        worker_init_fn=lower_worker_priority if device.type == "cpu" else None,
-    )
+def make_validation_loader(preprocessing: Preprocessing, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int) -> ValidationLoader:
+    """Return the loader of the validation pass: uint8 image batches, their indices and decode flags."""
+    return ValidationLoader(preprocessing, split, indices, device, batch_size, workers)
 
 
 # Errors of torch.fx tracing, raised for networks with data-dependent control flow.
