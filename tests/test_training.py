@@ -21,12 +21,14 @@ import torch
 
 from tests.fashion_trees import write_dataset
 from tests.helpers import run_script
+from utils import memory_format
 from utils.atomic import exclusive_lock
 from utils.checkpoints import load_checkpoint
 from utils.cli import counted, run_main
 from utils.distributed import DistributedContext
 from utils.errors import UserError
 from utils.fashion_mnist_challenge import write_verdict
+from utils.memory_format import prefers_channels_last, time_memory_formats
 from utils.results_table import write_results_table
 from utils.train_args import parse_args
 from utils.train_checkpoint import capture_rng_state, load_trained_network, restore_rng_state
@@ -480,6 +482,62 @@ def test_same_seed_gives_same_log(subsets, tmp_path, keep_logging):
     assert without_timing(logs[0]) == without_timing(logs[1])
 
 
+@pytest.mark.parametrize("channels_last, contiguous, expected", [(1.0, 1.0, True), (1.0, 0.96, True), (1.0, 0.9, False), (0.8, 1.0, True)])
+def test_memory_format_choice_needs_margin(channels_last, contiguous, expected):
+    assert prefers_channels_last({True: channels_last, False: contiguous}) is expected
+
+
+def test_memory_format_timing_runs_both_formats():
+    seconds = time_memory_formats("fashion_mnist_cnn", num_classes=3, image_size=28, batch_size=8)
+
+    assert set(seconds) == {True, False}
+    assert all(value > 0 for value in seconds.values())
+
+
+def test_cpu_training_times_memory_format_once(subsets, tmp_path, log_capture, monkeypatch):
+    monkeypatch.setattr(memory_format, "_choices", {})
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "ReIN4", "--epochs", "1", "--seed", "0")
+
+    assert main(args) == 0
+
+    assert log_capture.text.count("MobileNetV1 at 32x32 on the CPU: ") == 1
+    chosen = load_checkpoint(tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "last.pth")["config"]["trained_channels_last"]
+    assert chosen in (True, False)
+    assert f"training in {'channels-last' if chosen else 'contiguous'} memory" in log_capture.text
+    assert load_checkpoint(tmp_path / "checkpoints" / "MobileNetV1_ReIN4" / "last.pth")["config"]["trained_channels_last"] is chosen
+
+
+def test_resumed_run_keeps_memory_format(subsets, tmp_path, keep_logging, monkeypatch):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--seed", "0")
+    monkeypatch.setattr(memory_format, "time_memory_formats", lambda *_: {True: 2.0, False: 1.0})
+    monkeypatch.setattr(memory_format, "_choices", {})
+    assert main(args + ["--epochs", "1"]) == 0
+
+    def no_timing(*_):
+        raise AssertionError("a resumed run timed the memory formats again")
+
+    monkeypatch.setattr(memory_format, "time_memory_formats", no_timing)
+    monkeypatch.setattr(memory_format, "_choices", {})
+    assert main(args + ["--epochs", "2"]) == 0
+
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "last.pth")
+    assert checkpoint["epoch"] == 2
+    assert checkpoint["config"]["trained_channels_last"] is False
+
+
+def test_memory_format_flag_skips_timing(subsets, tmp_path, keep_logging, monkeypatch):
+    def no_timing(*_):
+        raise AssertionError("the memory formats were timed although --no-channels-last was given")
+
+    monkeypatch.setattr(memory_format, "time_memory_formats", no_timing)
+    monkeypatch.setattr(memory_format, "_choices", {})
+
+    assert main(run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "1", "--no-channels-last")) == 0
+
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "last.pth")
+    assert checkpoint["config"]["trained_channels_last"] is False
+
+
 def test_trained_network_loads_for_inference(subsets, tmp_path, keep_logging):
     main(run_args(subsets, tmp_path, "--arch", "ShuffleNetV2", "--subsets", "ReIN3", "--epochs", "1", "--seed", "0"))
 
@@ -491,8 +549,9 @@ def test_trained_network_loads_for_inference(subsets, tmp_path, keep_logging):
 
 
 def test_kill_mid_epoch_resumes_where_it_stopped(subsets, tmp_path, keep_logging):
+    # The memory format is given, because the uninterrupted run would otherwise time both formats itself.
     common = ["--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "3", "--lr", "0.05",
-              "--lr-step", "1", "--lr-gamma", "0.5", "--seed", "5"]
+              "--lr-step", "1", "--lr-gamma", "0.5", "--seed", "5", "--channels-last"]
     args = run_args(subsets, tmp_path / "killed", *common)
     folder = tmp_path / "killed" / "checkpoints" / "MobileNetV1_ReIN3"
 
@@ -545,7 +604,9 @@ def count_correct(checkpoint_path, val_folder) -> tuple[int, int]:
 
 
 def test_torchrun_matches_single_process_bookkeeping(subsets, tmp_path, keep_logging):
-    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "1", "--seed", "0")
+    # The memory format is given: in contiguous memory, the batches of 8 of --evaluate and the batches
+    # of 4 of each process round the loss apart by about 1e-4.
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "1", "--seed", "0", "--channels-last")
     command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), SCRIPT, *args]
 

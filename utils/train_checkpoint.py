@@ -21,7 +21,8 @@ scaler         GradScaler state dict (empty unless fp16 was used)
 epoch          number of completed epochs
 best_top1      best validation top-1 accuracy so far, in percent
 history        one dict of metrics per completed epoch, the rows of log.csv
-config         every command-line flag, paths as strings, ``seed`` the seed actually used
+config         every command-line flag, paths as strings, ``seed`` the seed actually used,
+               ``trained_channels_last`` the memory format the run trains in
 rng            RNG states of process 0 when the file was written: ``torch`` (uint8 tensor),
                ``cuda`` (list of uint8 tensors), ``numpy`` and ``python`` (plain lists and
                numbers). They are restored on resume, but each epoch then reseeds from

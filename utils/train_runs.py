@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from utils.cli import counted
 from utils.curves import plot_curves
 from utils.distributed import DistributedContext, barrier, broadcast_from_main, gather_to_main
 from utils.errors import UserError
+from utils.memory_format import choose_training_memory_format
 from utils.results_table import write_results_table
 from utils.train_args import args_to_config
 from utils.train_checkpoint import (
@@ -34,7 +35,7 @@ from utils.train_checkpoint import (
     capture_rng_state,
     derive_seed,
     load_run_checkpoint,
-    load_trained_network,
+    network_from_checkpoint,
     model_state_dict,
     restore_rng_state,
     save_run_checkpoint,
@@ -54,6 +55,8 @@ EVALUATION_FILE = "evaluation.json"
 RUN_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, LOG_FILE, CURVES_FILE, EVALUATION_FILE)
 
 # Flags that define what a run computes; resuming with other values would mix two protocols.
+# Key of the checkpoint's config: whether the run trains in channels-last memory, as chosen or given.
+TRAINED_CHANNELS_LAST = "trained_channels_last"
 RUN_DEFINING_FLAGS = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "image_size", "resize_size", "seed")
 
 
@@ -307,13 +310,16 @@ def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedCon
     data = make_training_data(run.source, preprocessing, args.batch_size, args.workers, context, device, seed)
     if checkpoint is not None:
         check_resumable(run, checkpoint, args, data.class_names)
+    resumed = checkpoint["config"].get(TRAINED_CHANNELS_LAST) if checkpoint is not None else None
+    precision = choose_training_memory_format(precision, args.channels_last, resumed, run.arch, len(data.class_names),
+                                              args.image_size, args.batch_size // context.world_size, context)
     state = build_run_state(run, args, len(data.class_names), seed, device, precision, checkpoint)
     del checkpoint
     if state.epoch:
         log.info("%s: resuming after epoch %d of %d", run.name, state.epoch, args.epochs)
         if context.is_main:
             write_epoch_log(state.history, run.path(LOG_FILE))
-    config = dict(args_to_config(args), seed=seed)
+    config = dict(args_to_config(args), seed=seed, **{TRAINED_CHANNELS_LAST: precision.channels_last})
     models = training_wrappers(state.model, args, context, device)
 
     while state.epoch < args.epochs:
@@ -330,7 +336,12 @@ def evaluate_run(run: Run, args: argparse.Namespace, context: DistributedContext
     if not best.is_file():
         log.warning("%s: %s not found, nothing to evaluate; train the run first", run.name, best)
         return None
-    network = load_trained_network(best)
+    checkpoint = load_run_checkpoint(best, training=False)
+    network = network_from_checkpoint(checkpoint, str(best))
+    if args.channels_last is None and isinstance(checkpoint.get("config"), dict) and TRAINED_CHANNELS_LAST in checkpoint["config"]:
+        # In the format the run trained in, the figures match log.csv up to the rounding of other batch sizes.
+        precision = replace(precision, channels_last=bool(checkpoint["config"][TRAINED_CHANNELS_LAST]))
+    del checkpoint
     data = make_training_data(run.source, network.preprocessing, args.batch_size, args.workers, context, device, seed=0, train=False)
     if data.class_names != network.class_names:
         raise UserError(f"{run.name}: the classes of {run.source.root / 'val'} differ from those in {best}; "

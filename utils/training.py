@@ -37,7 +37,8 @@ def choose_precision(args: argparse.Namespace, device: torch.device) -> Precisio
     network at 64x64 on a 2-core AMD EPYC shared with other jobs (torch 2.14, oneDNN), five of nine
     networks ran 1.3 to 2.1 times as fast in it. The other four stayed within 3%, the noise of
     that measurement. On the same machine unloaded, a ResNet18 epoch ran 4% faster. The
-    arithmetic is the same, in another order.
+    arithmetic is the same, in another order. Training on the CPU without either flag then times
+    both formats per network (`utils.memory_format`).
     """
     channels_last = args.channels_last if args.channels_last is not None else True
     # NOTE: the CUDA paths (bf16 and fp16 autocast, the gradient scaler, channels-last, NCCL) have not
