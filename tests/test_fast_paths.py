@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from tests.helpers import PHOTOS, photo, write_jpeg
-from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, resized_size
+from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, read_jpeg_bytes, resized_size
 from utils.networks import IMAGENET_MEAN, IMAGENET_STD, load_network
 from utils.train_data import DraftedRandomResizedCrop, _draft_for_box
 from utils.validation_pass import fold_batch_norms
@@ -260,6 +260,14 @@ def test_jpeg_frame_reads_size_and_components(tmp_path, mode, components, progre
     frame = jpeg_frame(np.fromfile(path, dtype=np.uint8))
 
     assert (frame.width, frame.height, frame.precision, frame.components) == (301, 203, 8, components)
+
+
+def test_jpeg_bytes_read_only_from_jpegs(tmp_path):
+    jpeg = PHOTOS["rocket"][0]
+    png = PHOTOS["coffee"][0]
+
+    assert read_jpeg_bytes(jpeg).tobytes() == jpeg.read_bytes()
+    assert read_jpeg_bytes(png) is None
 
 
 def test_jpeg_frame_of_real_photo_matches_pil():

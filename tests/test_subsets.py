@@ -18,7 +18,7 @@ from tests.helpers import PYTHON, REPO, SHARED, tree_digest
 from utils.class_lists import read_class_list, subset_name_from_list
 from utils.errors import UserError
 from utils.layouts import detect_layout
-from utils.subsets import build_subsets
+from utils.subsets import build_subsets, manifest_text
 
 WNIDS = [SEA_SNAKE, "n01440764", "n02123159", "n04592741"]
 SUBSET = [SEA_SNAKE, "n01440764", "n02123159"]
@@ -382,3 +382,16 @@ def test_published_places365_lists_materialized(tmp_path):
         for which in ("train", "val"):
             assert sorted(os.listdir(tmp_path / "out" / summary.name / which)) == sorted(classes)
     assert tree_digest(root) == before
+
+
+@pytest.mark.parametrize("files", [{}, {"train/b/x.JPEG": 3, "train/a/\u00e9t\u00e9 \"1\".JPEG": 10, "val/a/y.png": 0}])
+def test_manifest_text_parses_back(files):
+    manifest = {"format": 1, "name": "ReIN3", "mode": "copy", "classes": ["a", "b"], "train_images": 2,
+                "val_images": 1, "bytes": 13, "files": files}
+
+    text = manifest_text(manifest)
+
+    assert json.loads(text) == manifest
+    lines = text.splitlines()
+    for target, size in files.items():
+        assert any(line.startswith(f"  {json.dumps(target)}: {size}") for line in lines), target

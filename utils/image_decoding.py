@@ -120,8 +120,8 @@ class EvalTransform:
     def __call__(self, path: Path | str) -> torch.Tensor:
         source = path
         if self.use_torch:
-            data = np.fromfile(path, dtype=np.uint8)
-            frame = jpeg_frame(data)
+            data = read_jpeg_bytes(path)
+            frame = jpeg_frame(data) if data is not None else None
             pixels = self.decode_without_draft(data, frame)
             if pixels is not None:
                 height, width = pixels.shape[1:]
@@ -145,7 +145,7 @@ class EvalTransform:
             return self.resize_then_crop(pixels_of(image), new_width, new_height)
         return self.crop_resized(image, new_width, new_height)
 
-    def decode_without_draft(self, data: np.ndarray, frame: "JpegFrame | None") -> torch.Tensor | None:
+    def decode_without_draft(self, data: np.ndarray | None, frame: "JpegFrame | None") -> torch.Tensor | None:
         """Decode the bytes of an 8-bit RGB or grayscale JPEG that no DCT reduction applies to, without PIL.
 
         Returns None for every other file, and for data that libjpeg rejects, so that PIL decodes
@@ -258,6 +258,15 @@ class JpegFrame:
 START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Markers that stand alone, without a length: TEM and the restart markers RST0 to RST7.
 STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
+
+
+def read_jpeg_bytes(path: Path | str) -> np.ndarray | None:
+    """Return the bytes of a file that starts like a JPEG, or None (after reading 2 bytes) for any other file."""
+    with open(path, "rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return None
+        stream.seek(0)
+        return np.fromfile(stream, dtype=np.uint8)
 
 
 def jpeg_frame(data: np.ndarray) -> JpegFrame | None:

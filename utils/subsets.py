@@ -173,7 +173,7 @@ def build_subset(
     with tqdm(total=len(files), desc=name, unit="file") as bar:
         run_parallel(placer.place, files, workers, bar, CHUNK_FILES)
     write_text_atomically(partial / README, describe_subset(manifest))
-    write_text_atomically(partial / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_text_atomically(partial / MANIFEST, manifest_text(manifest))
     swap_in(partial, final, old)
     return summarize(name, final, manifest, time.monotonic() - start, skipped=False, copied=placer.copied_instead)
 
@@ -233,6 +233,17 @@ def make_manifest(name: str, mode: str, classes: list[str], files: list[PlannedF
         "bytes": sum(planned.size for planned in files),
         "files": {planned.target: planned.size for planned in files},
     }
+
+
+def manifest_text(manifest: dict) -> str:
+    """Return a manifest as JSON text: the summary keys indented and sorted, then one line per file, last.
+
+    `json.dumps` with ``indent`` uses its pure-Python encoder, which took 7 microseconds per file,
+    more than a hard link. Each file name here goes through the C encoder instead.
+    """
+    summary = json.dumps({key: value for key, value in manifest.items() if key != "files"}, indent=1, sort_keys=True)
+    files = ",\n".join(f"  {json.dumps(target)}: {size}" for target, size in sorted(manifest["files"].items()))
+    return summary.removesuffix("\n}") + ',\n "files": {\n' + files + "\n }\n}\n"
 
 
 def check_outside(folder: Path, root: Path) -> None:

@@ -66,6 +66,9 @@ class ValidationLoader:
 
     DataLoader workers decode into shared buffers that are reused from batch to batch (see
     `utils.shared_batches`), so each batch of images is valid only until the next one is asked for.
+
+    NOTE: the buffers are not pinned, so on CUDA each batch is copied to the GPU from pageable
+    memory, which is slower than from pinned memory. This has not been measured on a GPU.
     """
 
     def __init__(self, preprocessing: Preprocessing, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int):
