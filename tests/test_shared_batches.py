@@ -65,3 +65,10 @@ def test_batch_overwritten_too_early_is_detected():
 
     with pytest.raises(RuntimeError, match="buffer of batch 0 contains batch 2"):
         buffers.batch(0, 3)
+
+
+def test_buffers_sized_to_small_shard(photo_tree):
+    loader = make_validation_loader(PREPROCESSING, photo_tree, list(range(5)), CPU, 1000, 2)
+
+    assert tuple(loader.buffers.samples.shape) == (5, 5, 3, 32, 32)
+    assert sum(len(indices) for _, indices, _, _ in loader) == 5

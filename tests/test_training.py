@@ -525,6 +525,23 @@ def test_resumed_run_keeps_memory_format(subsets, tmp_path, keep_logging, monkey
     assert checkpoint["config"]["trained_channels_last"] is False
 
 
+def test_old_checkpoint_resumes_in_channels_last(subsets, tmp_path, keep_logging, monkeypatch):
+    # Checkpoints written before the memory format was timed have no trained_channels_last key.
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--seed", "0")
+    monkeypatch.setattr(memory_format, "time_memory_formats", lambda *_: {True: 2.0, False: 1.0})
+    monkeypatch.setattr(memory_format, "_choices", {})
+    assert main(args + ["--epochs", "1", "--channels-last"]) == 0
+    last = tmp_path / "checkpoints" / "MobileNetV1_ReIN3" / "last.pth"
+    checkpoint = load_checkpoint(last)
+    del checkpoint["config"]["trained_channels_last"]
+    checkpoint["config"]["channels_last"] = None
+    torch.save(checkpoint, last)
+
+    assert main(args + ["--epochs", "2"]) == 0
+
+    assert load_checkpoint(last)["config"]["trained_channels_last"] is True
+
+
 def test_memory_format_flag_skips_timing(subsets, tmp_path, keep_logging, monkeypatch):
     def no_timing(*_):
         raise AssertionError("the memory formats were timed although --no-channels-last was given")

@@ -7,10 +7,14 @@ size. ResNet18 at 64x64 trained 13 % faster in it on the AMD EPYC and 10 to 13 %
 Intel Xeon, where at 128x128 and 224x224 it was about 15 % and 30 % faster.
 
 So, unless --channels-last or --no-channels-last is given, CPU training times two steps in each
-format on random images of the run's size and keeps channels-last unless contiguous memory is
-more than 5 % faster. Rank 0 times and decides for every process, and the choice is reused for
-runs of the same network, image size and batch size in the same command. The checkpoint records
-it, and a resumed run keeps it.
+format, after one untimed step, on random images of the run's size. It keeps channels-last unless
+contiguous memory is more than 5 % faster. Rank 0 times and decides for every process, and the
+choice is reused for runs of the same network, image size and batch size in the same command. The
+checkpoint records it, and a resumed run keeps it.
+
+NOTE: under torchrun, rank 0 times alone while the other processes wait, with at most 32 images
+per step. Training then shares the cores between all processes at the full batch size. Whether
+the faster format stays the faster there has not been measured.
 
 Both formats compute the same arithmetic in another order, so their float results differ in the
 last bits and two trainings with the same seed repeat each other only in the same format. The
@@ -72,6 +76,11 @@ def prefers_channels_last(seconds: dict[bool, float]) -> bool:
     return seconds[False] * CONTIGUOUS_MARGIN >= seconds[True]
 
 
+def format_name(channels_last: bool) -> str:
+    """Return the name of a memory format as the log writes it."""
+    return "channels-last" if channels_last else "contiguous"
+
+
 def choose_training_memory_format(precision: Precision, explicit: bool | None, resumed: bool | None, arch: str,
                                   num_classes: int, image_size: int, batch_size: int, context: DistributedContext) -> Precision:
     """Return ``precision`` with the memory format for training ``arch`` (see the module documentation).
@@ -80,9 +89,13 @@ def choose_training_memory_format(precision: Precision, explicit: bool | None, r
     format that the checkpoint of a resumed run was trained in (None for a new run). A resumed
     run keeps its format, so that it continues as it would have without the interruption.
     """
+    if explicit is not None and resumed is not None and explicit != resumed:
+        log.warning("%s: trained in %s memory before the interruption and continues in %s memory, as the flag sets; "
+                    "its log will differ from an uninterrupted run's in the last digits", arch, format_name(resumed), format_name(explicit))
     if explicit is not None or precision.device_type != "cpu":
         return precision
     if resumed is not None:
+        log.info("%s: training in %s memory, as before the interruption", arch, format_name(resumed))
         return replace(precision, channels_last=resumed)
     key = (arch, image_size, batch_size)
     if key not in _choices:
@@ -90,8 +103,8 @@ def choose_training_memory_format(precision: Precision, explicit: bool | None, r
         if context.is_main:
             seconds = time_memory_formats(arch, num_classes, image_size, batch_size)
             channels_last = prefers_channels_last(seconds)
-            log.info("%s at %dx%d on the CPU: %.2f s per timed step in channels-last memory, %.2f s in contiguous memory; "
-                     "training in %s memory (--channels-last or --no-channels-last sets it)", arch, image_size, image_size,
-                     seconds[True], seconds[False], "channels-last" if channels_last else "contiguous")
+            log.info("%s at %dx%d on the CPU: %.1f ms per training step in channels-last memory, %.1f ms in contiguous "
+                     "memory (%.2fx); training in %s memory (--channels-last or --no-channels-last sets it)", arch, image_size,
+                     image_size, 1000 * seconds[True], 1000 * seconds[False], seconds[True] / seconds[False], format_name(channels_last))
         _choices[key] = broadcast_from_main(channels_last, context)
     return replace(precision, channels_last=_choices[key])

@@ -97,7 +97,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                           help="mixed precision on CUDA: bf16 autocast, fp16 autocast with a gradient scaler, or none "
                                "(default bf16; the CPU always trains in fp32)")
     hardware.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                          help="store images and weights in channels-last memory format (default: on; CPU training first times both formats per network)")
+                          help="store images and weights in channels-last memory format (default: on for CUDA; CPU training times both formats per network)")
     hardware.add_argument("--compile", action="store_true", help="compile the network with torch.compile (default off)")
 
     runs = parser.add_argument_group("runs and outputs")

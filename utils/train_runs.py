@@ -174,6 +174,18 @@ def check_resumable(run: Run, checkpoint: dict, args: argparse.Namespace, class_
                         "pass --restart to train on the current classes")
 
 
+def resumed_memory_format(checkpoint: dict) -> bool:
+    """Return whether the run of ``checkpoint`` trained in channels-last memory.
+
+    Checkpoints written before the memory format was timed lack the key. Those runs trained in
+    the format of their --channels-last flag, and in channels-last memory without it.
+    """
+    stored = checkpoint["config"].get(TRAINED_CHANNELS_LAST)
+    if stored is None:
+        stored = checkpoint["config"].get("channels_last")
+    return True if stored is None else bool(stored)
+
+
 def choose_seed(args: argparse.Namespace, checkpoint: dict | None, context: DistributedContext) -> int:
     """Return --seed, else the seed a resumed run started with, else a random seed chosen by process 0."""
     if args.seed is not None:
@@ -310,7 +322,7 @@ def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedCon
     data = make_training_data(run.source, preprocessing, args.batch_size, args.workers, context, device, seed)
     if checkpoint is not None:
         check_resumable(run, checkpoint, args, data.class_names)
-    resumed = checkpoint["config"].get(TRAINED_CHANNELS_LAST) if checkpoint is not None else None
+    resumed = resumed_memory_format(checkpoint) if checkpoint is not None else None
     precision = choose_training_memory_format(precision, args.channels_last, resumed, run.arch, len(data.class_names),
                                               args.image_size, args.batch_size // context.world_size, context)
     state = build_run_state(run, args, len(data.class_names), seed, device, precision, checkpoint)
@@ -338,10 +350,11 @@ def evaluate_run(run: Run, args: argparse.Namespace, context: DistributedContext
         return None
     checkpoint = load_run_checkpoint(best, training=False)
     network = network_from_checkpoint(checkpoint, str(best))
-    if args.channels_last is None and isinstance(checkpoint.get("config"), dict) and TRAINED_CHANNELS_LAST in checkpoint["config"]:
+    if args.channels_last is None and isinstance(checkpoint.get("config"), dict):
         # In the format the run trained in, the figures match log.csv up to the rounding of other batch sizes.
-        precision = replace(precision, channels_last=bool(checkpoint["config"][TRAINED_CHANNELS_LAST]))
+        precision = replace(precision, channels_last=resumed_memory_format(checkpoint))
     del checkpoint
+    log.info("%s: evaluating in %s memory", run.name, "channels-last" if precision.channels_last else "contiguous")
     data = make_training_data(run.source, network.preprocessing, args.batch_size, args.workers, context, device, seed=0, train=False)
     if data.class_names != network.class_names:
         raise UserError(f"{run.name}: the classes of {run.source.root / 'val'} differ from those in {best}; "

@@ -72,7 +72,9 @@ class ValidationLoader:
     """
 
     def __init__(self, preprocessing: Preprocessing, split: Split, indices: list[int], device: torch.device, batch_size: int, workers: int):
-        self.buffers = SharedBatchBuffers(buffer_slots(workers), batch_size, (3, preprocessing.crop, preprocessing.crop))
+        # A shard smaller than one batch needs buffers of its own size only.
+        buffer_batch = max(1, min(batch_size, len(indices)))
+        self.buffers = SharedBatchBuffers(buffer_slots(workers), buffer_batch, (3, preprocessing.crop, preprocessing.crop))
         self.loader = DataLoader(
             ValidationImages(split, indices, EvalTransform(preprocessing), self.buffers),
             batch_size=None,
