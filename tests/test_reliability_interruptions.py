@@ -442,7 +442,7 @@ def test_nan_loss_stops_run(subsets, tmp_path, caplog):
                                            "--debug-nan-at-step", "6")) == 1
     message = errors(caplog)
     assert "the training loss became NaN or infinite at epoch 2, step 2; the checkpoint of epoch 1 is kept" in message
-    assert "1 run(s) stopped on a NaN or infinite loss: fashion_mnist_cnn_ReIN3" in message
+    assert "1 run stopped on a NaN or infinite loss: fashion_mnist_cnn_ReIN3" in message
     assert check_checkpoints(folder) == {"best.pth": 1, "last.pth": 1}
     assert len(log_rows(folder / "log.csv")) == 1
     assert temporaries(folder) == []

@@ -140,5 +140,5 @@ def main(argv: list[str] | None = None, dataset: str = "ImageNet") -> int:
     finally:
         shutdown_distributed()
     if failed:
-        raise UserError(f"{len(failed)} run(s) stopped on a NaN or infinite loss: {', '.join(failed)}; see the errors above")
+        raise UserError(f"{counted(len(failed), 'run')} stopped on a NaN or infinite loss: {', '.join(failed)}; see the errors above")
     return 0
