@@ -171,15 +171,11 @@ class EvalTransform:
 
     def draft_request(self, image: Image.Image, new_width: int, new_height: int, orientation: int) -> tuple[int, int] | None:
         """Return the size to pass to `Image.draft`, or None when no DCT reduction keeps ``draft_gap`` times the resized size."""
-        if not self.draft or image.format != "JPEG":
+        if not self.draft or image.format != "JPEG" or not self.draft_reduces(image.width, image.height):
             return None
-        request = (ceil(new_width * self.draft_gap), ceil(new_height * self.draft_gap))
-        if orientation in SWAPPING_ORIENTATIONS:
-            request = request[::-1]
         # PIL picks the largest reduction of 1/2, 1/4 or 1/8 that keeps the requested size.
-        if min(image.width // request[0], image.height // request[1]) < 2:
-            return None
-        return request
+        request = (ceil(new_width * self.draft_gap), ceil(new_height * self.draft_gap))
+        return request[::-1] if orientation in SWAPPING_ORIENTATIONS else request
 
     def resize_then_crop(self, pixels: torch.Tensor, new_width: int, new_height: int) -> torch.Tensor:
         """Resize a uint8 CHW image with torch's antialiased kernel, then take the center crop."""

@@ -27,7 +27,7 @@ from utils.cli import counted
 from utils.curves import plot_curves
 from utils.distributed import DistributedContext, barrier, broadcast_from_main, gather_to_main
 from utils.errors import UserError
-from utils.memory_format import choose_training_memory_format
+from utils.memory_format import choose_training_memory_format, format_name
 from utils.results_table import write_results_table
 from utils.train_args import args_to_config
 from utils.train_checkpoint import (
@@ -354,7 +354,7 @@ def evaluate_run(run: Run, args: argparse.Namespace, context: DistributedContext
         # In the format the run trained in, the figures match log.csv up to the rounding of other batch sizes.
         precision = replace(precision, channels_last=resumed_memory_format(checkpoint))
     del checkpoint
-    log.info("%s: evaluating in %s memory", run.name, "channels-last" if precision.channels_last else "contiguous")
+    log.info("%s: evaluating in %s memory", run.name, format_name(precision.channels_last))
     data = make_training_data(run.source, network.preprocessing, args.batch_size, args.workers, context, device, seed=0, train=False)
     if data.class_names != network.class_names:
         raise UserError(f"{run.name}: the classes of {run.source.root / 'val'} differ from those in {best}; "
