@@ -169,8 +169,8 @@ EXPLANATION = """## What each row measures
 
 - `EvalTransform` resizes with torch's antialiased uint8 kernel (the whole image, then the center
   crop), which matches PIL's resize within one grey level and is several times faster. RGB and
-  grayscale JPEGs are decoded by `torchvision.io.decode_jpeg`, which gives PIL's pixels faster;
-  their size comes from the JPEG frame header, so PIL does not open them.
+  grayscale JPEGs are decoded by `torchvision.io.decode_jpeg`, which gives PIL's pixels faster.
+  Their size comes from the JPEG frame header, so PIL does not open them.
   JPEGs decode at a reduced DCT scale only when the reduced image keeps 1.5 times the resized
   size: drafting down to the resized size itself changed EfficientNet-Lite0's top-1 class on
   matplotlib's grace_hopper.jpg. With the gap of 1.5 the real photos keep their top-1 class (they
@@ -201,7 +201,7 @@ EXPLANATION = """## What each row measures
 MISSED_TARGET_NOTES = {
     "input_pipeline_500x375": (
         "500x375: a DCT reduction of these JPEGs would leave less than 1.5 times the resized size, so "
-        "the project decodes every pixel, as the baseline does; its gain comes from torch's uint8 resize, "
+        "the project decodes every pixel, as the baseline does. Its gain comes from torch's uint8 resize, "
         "from normalizing whole batches, from reused shared batch buffers and from reading JPEG sizes from "
         "their headers. Repeated runs gave the project "
         "{project_min:,.0f} to {project_max:,.0f} images/s, baseline {baseline_min:,.0f} to {baseline_max:,.0f}."

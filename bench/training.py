@@ -6,10 +6,10 @@ generated JPEG tree with the same batch size and DataLoader workers:
 - the research-code style loop (DataParallel, autograd anomaly detection on, per-sample PIL transforms),
 - a clean loop in the style of the PyTorch ImageNet example (per-sample PIL transforms),
 - the project: `make_training_data` (drafted random resized crops, uint8 batches normalized per
-  batch) and `train_one_epoch` with the training scripts' default settings: the memory format is
-  the one that `choose_training_memory_format` picks by timing ResNet18 on this machine, before
-  the timed rounds. The project's loop in the other memory format is measured too, to tell the
-  memory format's share of the gain from the input pipeline's.
+  batch) and `train_one_epoch` with the training scripts' default settings. Its memory format is
+  the one that `choose_training_memory_format` picks by timing ResNet18 on this machine before the
+  timed rounds. The project's loop in the other memory format is measured too, to tell the memory
+  format's share of the gain from the input pipeline's.
 """
 
 import logging

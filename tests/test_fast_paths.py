@@ -285,7 +285,7 @@ def test_jpeg_frame_rejects_other_bytes(data):
 
 @pytest.mark.parametrize("size", [(1200, 700), (700, 1200), (800, 938), (1024, 768), (900, 500)])
 def test_draft_decision_ignores_orientation(tmp_path, size):
-    # The header path decides on the stored size; PIL's path decides on the upright one.
+    # The header path decides on the stored size, and PIL's path on the upright one.
     transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()

@@ -621,8 +621,8 @@ def count_correct(checkpoint_path, val_folder) -> tuple[int, int]:
 
 
 def test_torchrun_matches_single_process_bookkeeping(subsets, tmp_path, keep_logging):
-    # The memory format is given: in contiguous memory, the batches of 8 of --evaluate and the batches
-    # of 4 of each process round the loss apart by about 1e-4.
+    # The memory format is given, because in contiguous memory the batches of 8 of --evaluate and the
+    # batches of 4 of each process give losses about 1e-4 apart.
     args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN3", "--epochs", "1", "--seed", "0", "--channels-last")
     command = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), SCRIPT, *args]

@@ -8,10 +8,10 @@ positions. The worker decodes the samples straight into buffer ``number % slots`
 only small Python values.
 
 The DataLoader sends the work for batch ``n + workers * prefetch_factor`` when it hands batch ``n``
-to the loop, and none further until the loop asks for batch ``n + 1``. With
+to the loop, and none further until the loop requests batch ``n + 1``. With
 ``workers * prefetch_factor + 1`` buffers, no worker therefore writes into the buffer of the batch
-that the loop holds, as long as the loop is done with a batch when it asks for the next one. Each
-buffer records the number of the batch it holds, and `SharedBatchBuffers.batch` raises if that
+that the loop uses, as long as the loop is done with a batch when it requests the next one. Each
+buffer records the number of the batch it contains, and `SharedBatchBuffers.batch` raises if that
 rule was broken.
 """
 

@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class ValidationImages(Dataset):
-    """Batches of one shard of the split as uint8 images, decoded into shared buffers; undecodable files are flagged, not raised.
+    """Batches of one shard of the split as uint8 images, decoded into shared buffers. Undecodable files are flagged, not raised.
 
     An item is a whole batch of `BatchPlan`. It returns the batch number, the image indices, a
-    decode flag per image and the reasons of failures; the pixels stay in ``buffers``.
+    decode flag per image and the reasons of failures. The pixels stay in ``buffers``.
     """
 
     def __init__(self, split: Split, indices: list[int], transform: EvalTransform, buffers: SharedBatchBuffers):
