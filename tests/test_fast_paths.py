@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from tests.helpers import PHOTOS, photo, write_jpeg
-from utils.image_decoding import BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, read_jpeg_bytes, resized_size
+from utils.image_decoding import JPEG_START_BYTES, BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, read_jpeg_start, resized_size
 from utils.networks import IMAGENET_MEAN, IMAGENET_STD, load_network
 from utils.train_data import DraftedRandomResizedCrop, _draft_for_box
 from utils.validation_pass import fold_batch_norms
@@ -76,6 +76,17 @@ def test_resamplers_agree_within_one_level():
     pil_pixels = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, resampler="pil"))(path)
 
     assert (torch_pixels.int() - pil_pixels.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize(("size", "same_as"), [((500, 375), "torch"), ((1024, 768), "pil")])
+def test_auto_resampler_follows_the_decoder(tmp_path, size, same_as):
+    # torchvision decodes the 500x375 JPEG and torch resizes it. PIL drafts the 1024x768 JPEG and resizes it.
+    path = write_jpeg(tmp_path / "photo.jpg", photo("chelsea").resize(size))
+    auto = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
+    chosen = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, resampler=same_as))
+
+    assert (auto.decode_plain_jpeg(path) is not None) == (same_as == "torch")
+    assert torch.equal(auto(path), chosen(path))
 
 
 def test_draft_skipped_below_gap(tmp_path):
@@ -262,12 +273,37 @@ def test_jpeg_frame_reads_size_and_components(tmp_path, mode, components, progre
     assert (frame.width, frame.height, frame.precision, frame.components) == (301, 203, 8, components)
 
 
-def test_jpeg_bytes_read_only_from_jpegs(tmp_path):
-    jpeg = PHOTOS["rocket"][0]
+def test_jpeg_start_reads_only_the_start_of_jpegs(tmp_path):
+    large = tmp_path / "large.jpg"
+    photo("rocket").resize((2000, 1500)).save(large, quality=95)
     png = PHOTOS["coffee"][0]
 
-    assert read_jpeg_bytes(jpeg).tobytes() == jpeg.read_bytes()
-    assert read_jpeg_bytes(png) is None
+    with open(large, "rb") as stream:
+        buffer, count, frame = read_jpeg_start(stream)
+    with open(png, "rb") as stream:
+        _, png_count, png_frame = read_jpeg_start(stream)
+
+    assert len(buffer) == large.stat().st_size > count == JPEG_START_BYTES
+    assert buffer[:count] == large.read_bytes()[:count]
+    assert (frame.width, frame.height) == (2000, 1500)
+    assert png_frame is None
+    assert png_count <= JPEG_START_BYTES
+
+
+def test_jpeg_start_finds_late_frame_header(tmp_path):
+    # An ICC profile of 100 KB puts the frame header beyond the first JPEG_START_BYTES.
+    path = tmp_path / "profile.jpg"
+    photo("coffee").resize((301, 203)).save(path, quality=90, icc_profile=bytes(100_000))
+
+    with open(path, "rb") as stream:
+        buffer, count, frame = read_jpeg_start(stream)
+    transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
+    decoded = transform.decode_plain_jpeg(path)
+    reference = T.PILToTensor()(Image.open(path).convert("RGB"))
+
+    assert count == len(buffer) == path.stat().st_size
+    assert (frame.width, frame.height) == (301, 203)
+    assert torch.equal(decoded, reference)
 
 
 def test_jpeg_frame_of_real_photo_matches_pil():

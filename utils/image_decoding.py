@@ -8,17 +8,22 @@ filters less than the antialiased resize: EfficientNet-Lite0 then changed its to
 matplotlib's grace_hopper.jpg. With the default gap of 1.5 the resize still does a third of the
 reduction. It keeps the top-1 class of the real photos, which are too small to be reduced, and of
 98.4 % of 128 generated 1024x768 photos (`python -m bench`); `--no-draft` decodes every pixel.
-It resizes with
-torch's antialiased uint8 kernel (bilinear or bicubic), which is vectorized and several times
-faster than PIL's resize while giving the same pixels within one grey level. It returns uint8
-tensors, so conversion to float and normalization happen once per batch on the target device
-(`BatchNormalizer`). RGB and grayscale JPEGs that need no DCT reduction are decoded by
-`torchvision.io.decode_jpeg`, which gives PIL's pixels about 10% faster and without a copy. Their
-size is read from the JPEG frame header (`jpeg_frame`), so PIL never opens them; that saved about
-0.1 ms of the 1.5 ms that a 500x375 image takes.
+
+By default (resampler 'auto') images that torchvision decodes are resized with torch's
+antialiased uint8 kernel (bilinear or bicubic), which is vectorized and several times faster than
+PIL's resize while giving the same pixels within one grey level. Images that PIL decodes
+(DCT-reduced JPEGs and every other format) are resized by PIL, which reads the source box that
+survives the crop straight from its own memory. Handing them to torch would first copy the whole
+decoded image out of PIL: for 1024x768 JPEGs decoded at 1/2 scale, the whole transform took
+3.5 ms per image that way and 3.35 ms with PIL's resize of the box (one process, 2-CPU Xeon).
+
+It returns uint8 tensors, so conversion to float and normalization happen once per batch on the
+target device (`BatchNormalizer`). RGB and grayscale JPEGs that need no DCT reduction are decoded
+by `torchvision.io.decode_jpeg`, which gives PIL's pixels about 10% faster and without a copy.
+Their size is read from the JPEG frame header (`jpeg_frame`), so PIL never opens them; that saved
+about 0.1 ms of the 1.5 ms that a 500x375 image takes.
 """
 
-import io
 import logging
 import os
 import struct
@@ -27,6 +32,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from math import ceil
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -44,7 +50,7 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
 # Interpolations that torch resizes with antialiasing on uint8 images, matching PIL within one grey level.
 TORCH_INTERPOLATIONS = {"bilinear", "bicubic"}
-RESAMPLERS = ("torch", "pil")
+RESAMPLERS = ("auto", "torch", "pil")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,8 @@ class Preprocessing:
     """Evaluation preprocessing: resize the shorter side, center-crop, normalize (RGB order).
 
     ``resampler`` is 'torch' (the whole image resized by torch's antialiased uint8 kernel, then
-    cropped) or 'pil' (PIL resizes only the source box that survives the crop). Nearest-neighbour
+    cropped), 'pil' (PIL resizes only the source box that survives the crop) or 'auto' (torch for
+    the images that torchvision decodes, PIL for those that PIL decodes). Nearest-neighbour
     interpolation always uses PIL, because torch's 'nearest' picks other pixels than PIL's.
     """
 
@@ -63,7 +70,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
     draft: bool = True
     draft_gap: float = 1.5
-    resampler: str = "torch"
+    resampler: str = "auto"
 
     def as_dict(self) -> dict:
         values = asdict(self)
@@ -115,20 +122,17 @@ class EvalTransform:
         self.draft = preprocessing.draft
         self.draft_gap = preprocessing.draft_gap
         self.torch_mode = preprocessing.interpolation if preprocessing.interpolation in TORCH_INTERPOLATIONS else None
-        self.use_torch = preprocessing.resampler == "torch" and self.torch_mode is not None
+        # torchvision decodes (and torch resizes) plain JPEGs unless PIL resamples every image.
+        self.torchvision_decodes = preprocessing.resampler in ("auto", "torch") and self.torch_mode is not None
+        self.torch_resizes_pil_images = preprocessing.resampler == "torch" and self.torch_mode is not None
 
     def __call__(self, path: Path | str) -> torch.Tensor:
-        source = path
-        if self.use_torch:
-            data = read_jpeg_bytes(path)
-            frame = jpeg_frame(data) if data is not None else None
-            pixels = self.decode_without_draft(data, frame)
+        if self.torchvision_decodes:
+            pixels = self.decode_plain_jpeg(path)
             if pixels is not None:
                 height, width = pixels.shape[1:]
                 return self.resize_then_crop(pixels, *resized_size(width, height, self.resize))
-            if frame is not None:
-                source = io.BytesIO(data)  # PIL reads the bytes already in memory, not the file again.
-        with Image.open(source) as image:
+        with Image.open(path) as image:
             orientation = image.getexif().get(EXIF_ORIENTATION, 1) if image.format in ("JPEG", "MPO", "TIFF", "PNG", "WEBP") else 1
             width, height = image.size
             if orientation in SWAPPING_ORIENTATIONS:
@@ -141,23 +145,31 @@ class EvalTransform:
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             image = to_rgb(image)
-        if self.use_torch:
+        if self.torch_resizes_pil_images:
             return self.resize_then_crop(pixels_of(image), new_width, new_height)
         return self.crop_resized(image, new_width, new_height)
 
-    def decode_without_draft(self, data: np.ndarray | None, frame: "JpegFrame | None") -> torch.Tensor | None:
-        """Decode the bytes of an 8-bit RGB or grayscale JPEG that no DCT reduction applies to, without PIL.
+    def decode_plain_jpeg(self, path: Path | str) -> torch.Tensor | None:
+        """Decode an 8-bit RGB or grayscale JPEG that no DCT reduction applies to, without PIL.
 
-        Returns None for every other file, and for data that libjpeg rejects, so that PIL decodes
-        it or raises its error.
+        The start of the file is read first, and the rest only when the frame header shows such a
+        JPEG. Returns None for every other file, and for data that libjpeg rejects, so that PIL
+        decodes it or raises its error.
         """
+        with open(path, "rb") as stream:
+            buffer, count, frame = read_jpeg_start(stream)
+            if not self.torchvision_can_decode(frame):
+                return None
+            count = fill(stream, memoryview(buffer), count)
+        return decode_jpeg_data(torch.frombuffer(buffer, dtype=torch.uint8, count=count))
+
+    def torchvision_can_decode(self, frame: "JpegFrame | None") -> bool:
+        """Return whether a JPEG with this frame header is decoded by torchvision: 8-bit RGB or grayscale, no DCT reduction."""
         if frame is None or frame.components not in (1, 3) or frame.precision != 8:
-            return None
+            return False
         if Image.MAX_IMAGE_PIXELS is not None and frame.width * frame.height > Image.MAX_IMAGE_PIXELS:
-            return None  # PIL warns about or rejects such images as decompression bombs.
-        if self.draft and self.draft_reduces(frame.width, frame.height):
-            return None
-        return decode_jpeg_data(torch.from_numpy(data))
+            return False  # PIL warns about or rejects such images as decompression bombs.
+        return not (self.draft and self.draft_reduces(frame.width, frame.height))
 
     def draft_reduces(self, width: int, height: int) -> bool:
         """Return whether a DCT reduction of a JPEG of this stored size keeps ``draft_gap`` times the resized size.
@@ -256,17 +268,39 @@ START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 
 
-def read_jpeg_bytes(path: Path | str) -> np.ndarray | None:
-    """Return the bytes of a file that starts like a JPEG, or None (after reading 2 bytes) for any other file."""
-    with open(path, "rb") as stream:
-        if stream.read(2) != b"\xff\xd8":
-            return None
-        stream.seek(0)
-        return np.fromfile(stream, dtype=np.uint8)
+# Bytes read before the frame header decides how a JPEG is decoded. The header lies further in
+# only after a large EXIF thumbnail or ICC profile; then the whole file is read.
+JPEG_START_BYTES = 64 * 1024
 
 
-def jpeg_frame(data: np.ndarray) -> JpegFrame | None:
-    """Return the frame header of JPEG bytes, or None when they are not a JPEG with a readable frame header."""
+def read_jpeg_start(stream: BinaryIO) -> tuple[bytearray, int, "JpegFrame | None"]:
+    """Read the start of an open file; return a buffer of the file's size, the bytes read into it and the JPEG frame header.
+
+    The frame header is None for a file that does not start like a JPEG or has no readable header.
+    """
+    buffer = bytearray(os.fstat(stream.fileno()).st_size)
+    count = fill(stream, memoryview(buffer)[:JPEG_START_BYTES])
+    if count < 2 or buffer[:2] != b"\xff\xd8":
+        return buffer, count, None
+    frame = jpeg_frame(memoryview(buffer)[:count])
+    if frame is None and count == JPEG_START_BYTES:
+        count = fill(stream, memoryview(buffer), count)
+        frame = jpeg_frame(memoryview(buffer)[:count])
+    return buffer, count, frame
+
+
+def fill(stream: BinaryIO, view: memoryview, count: int = 0) -> int:
+    """Read from ``stream`` into ``view`` after its first ``count`` bytes until it is full or the file ends; return the bytes in it."""
+    while count < len(view):
+        got = stream.readinto(view[count:])
+        if not got:
+            break
+        count += got
+    return count
+
+
+def jpeg_frame(data) -> JpegFrame | None:
+    """Return the frame header of JPEG bytes (any buffer), or None when they are not a JPEG with a readable frame header."""
     view = memoryview(data)
     if len(view) < 4 or view[0] != 0xFF or view[1] != 0xD8:
         return None
