@@ -60,20 +60,24 @@ class Result:
         return values
 
 
-def run_side_by_side(candidates: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+def run_side_by_side(candidates: dict[str, Callable[[], float]], repeats: int, warmup: int = 0) -> dict[str, list[float]]:
     """Call each candidate ``repeats`` times, interleaved, and return each one's measured values.
 
     Each call returns its own figure (a rate or a duration). The order of the candidates is
     reversed on every other round, so a load that changes during the run affects all of them alike.
+    The first ``warmup`` rounds are run the same way and left out of the values.
     """
     names = list(candidates)
     values: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
+    for round_index in range(warmup + repeats):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
             value = candidates[name]()
+            if round_index < warmup:
+                log.info("  %s, warm-up round %d of %d: %.4g", name, round_index + 1, warmup, value)
+                continue
             values[name].append(value)
-            log.info("  %s, round %d of %d: %.4g", name, round_index + 1, repeats, value)
+            log.info("  %s, round %d of %d: %.4g", name, round_index - warmup + 1, repeats, value)
     return values
 
 
