@@ -4,6 +4,10 @@ The baselines are written as a user would without this project: PIL decoding, th
 `torchvision.transforms` per image.
 """
 
+import contextlib
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +17,7 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 
 from tests.helpers import PHOTOS, photo, write_jpeg
-from utils.image_decoding import JPEG_START_BYTES, BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, read_jpeg_start, resized_size
+from utils.image_decoding import JPEG_HEADER_LIMIT, JPEG_START_BYTES, BatchNormalizer, EvalTransform, Preprocessing, decode_jpeg_file, jpeg_frame, open_rgb, read_jpeg_start, resized_size
 from utils.networks import IMAGENET_MEAN, IMAGENET_STD, load_network
 from utils.train_data import DraftedRandomResizedCrop, _draft_for_box
 from utils.validation_pass import fold_batch_norms
@@ -279,15 +283,15 @@ def test_jpeg_start_reads_only_the_start_of_jpegs(tmp_path):
     png = PHOTOS["coffee"][0]
 
     with open(large, "rb") as stream:
-        buffer, count, frame = read_jpeg_start(stream)
+        start, frame = read_jpeg_start(stream)
     with open(png, "rb") as stream:
-        _, png_count, png_frame = read_jpeg_start(stream)
+        png_start, png_frame = read_jpeg_start(stream)
 
-    assert len(buffer) == large.stat().st_size > count == JPEG_START_BYTES
-    assert buffer[:count] == large.read_bytes()[:count]
+    assert large.stat().st_size > len(start) == JPEG_START_BYTES
+    assert start == large.read_bytes()[:JPEG_START_BYTES]
     assert (frame.width, frame.height) == (2000, 1500)
     assert png_frame is None
-    assert png_count <= JPEG_START_BYTES
+    assert len(png_start) <= JPEG_START_BYTES
 
 
 def test_jpeg_start_finds_late_frame_header(tmp_path):
@@ -296,14 +300,55 @@ def test_jpeg_start_finds_late_frame_header(tmp_path):
     photo("coffee").resize((301, 203)).save(path, quality=90, icc_profile=bytes(100_000))
 
     with open(path, "rb") as stream:
-        buffer, count, frame = read_jpeg_start(stream)
+        start, frame = read_jpeg_start(stream)
     transform = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
     decoded = transform.decode_plain_jpeg(path)
     reference = T.PILToTensor()(Image.open(path).convert("RGB"))
 
-    assert count == len(buffer) == path.stat().st_size
+    assert len(start) == path.stat().st_size
     assert (frame.width, frame.height) == (301, 203)
     assert torch.equal(decoded, reference)
+
+
+def test_header_read_stops_at_limit(tmp_path):
+    # A JPEG start followed by more than JPEG_HEADER_LIMIT bytes without a frame header.
+    path = tmp_path / "endless.jpg"
+    path.write_bytes(b"\xff\xd8" + bytes(JPEG_HEADER_LIMIT + 4096))
+
+    with open(path, "rb") as stream:
+        start, frame = read_jpeg_start(stream)
+
+    assert frame is None
+    assert len(start) == JPEG_HEADER_LIMIT
+
+
+def test_named_pipe_raises_instead_of_blocking(tmp_path):
+    # PIL would block for ever reopening a pipe whose writer is gone, so each side runs in a thread.
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    data = write_jpeg(tmp_path / "small.jpg", photo("rocket").resize((64, 48))).read_bytes()
+    transform = EvalTransform(Preprocessing(64, 56, IMAGENET_MEAN, IMAGENET_STD))
+    errors = []
+
+    def write_into_pipe():
+        with contextlib.suppress(OSError), open(pipe, "wb") as stream:
+            stream.write(data)
+
+    def read_from_pipe():
+        try:
+            transform(pipe)
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=target, daemon=True) for target in (write_into_pipe, read_from_pipe)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(errors) == 1
+    assert "not a regular file" in str(errors[0])
 
 
 def test_jpeg_frame_of_real_photo_matches_pil():

@@ -26,6 +26,7 @@ about 0.1 ms of the 1.5 ms that a 500x375 image takes.
 
 import logging
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -157,11 +158,11 @@ class EvalTransform:
         decodes it or raises its error.
         """
         with open(path, "rb") as stream:
-            buffer, count, frame = read_jpeg_start(stream)
+            start, frame = read_jpeg_start(stream)
             if not self.torchvision_can_decode(frame):
                 return None
-            count = fill(stream, memoryview(buffer), count)
-        return decode_jpeg_data(torch.frombuffer(buffer, dtype=torch.uint8, count=count))
+            data = read_rest(stream, start)
+        return decode_jpeg_data(data)
 
     def torchvision_can_decode(self, frame: "JpegFrame | None") -> bool:
         """Return whether a JPEG with this frame header is decoded by torchvision: 8-bit RGB or grayscale, no DCT reduction."""
@@ -269,34 +270,42 @@ STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 
 
 # Bytes read before the frame header decides how a JPEG is decoded. The header lies further in
-# only after a large EXIF thumbnail or ICC profile; then the whole file is read.
+# only after a large EXIF thumbnail or ICC profile: then up to JPEG_HEADER_LIMIT bytes are read,
+# and PIL decodes the rare file whose header lies even further in.
 JPEG_START_BYTES = 64 * 1024
+JPEG_HEADER_LIMIT = 1024 * 1024
 
 
-def read_jpeg_start(stream: BinaryIO) -> tuple[bytearray, int, "JpegFrame | None"]:
-    """Read the start of an open file; return a buffer of the file's size, the bytes read into it and the JPEG frame header.
+def read_jpeg_start(stream: BinaryIO) -> tuple[bytes, "JpegFrame | None"]:
+    """Read the start of an open file and return it with its JPEG frame header, or with None for the header.
 
-    The frame header is None for a file that does not start like a JPEG or has no readable header.
+    Raises OSError for a file that is not a regular file, such as a named pipe, which PIL could
+    not open a second time.
     """
-    buffer = bytearray(os.fstat(stream.fileno()).st_size)
-    count = fill(stream, memoryview(buffer)[:JPEG_START_BYTES])
-    if count < 2 or buffer[:2] != b"\xff\xd8":
-        return buffer, count, None
-    frame = jpeg_frame(memoryview(buffer)[:count])
-    if frame is None and count == JPEG_START_BYTES:
-        count = fill(stream, memoryview(buffer), count)
-        frame = jpeg_frame(memoryview(buffer)[:count])
-    return buffer, count, frame
+    if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        raise OSError(f"{stream.name} is not a regular file; replace it with an image file")
+    start = stream.read(JPEG_START_BYTES)
+    if not start.startswith(b"\xff\xd8"):
+        return start, None
+    frame = jpeg_frame(start)
+    if frame is None and len(start) == JPEG_START_BYTES:
+        start += stream.read(JPEG_HEADER_LIMIT - JPEG_START_BYTES)
+        frame = jpeg_frame(start)
+    return start, frame
 
 
-def fill(stream: BinaryIO, view: memoryview, count: int = 0) -> int:
-    """Read from ``stream`` into ``view`` after its first ``count`` bytes until it is full or the file ends; return the bytes in it."""
-    while count < len(view):
+def read_rest(stream: BinaryIO, start: bytes) -> torch.Tensor:
+    """Return the whole file as a uint8 tensor: ``start``, already read, and the rest of ``stream``."""
+    buffer = bytearray(max(os.fstat(stream.fileno()).st_size, len(start)))
+    buffer[:len(start)] = start
+    view = memoryview(buffer)
+    count = len(start)
+    while count < len(buffer):
         got = stream.readinto(view[count:])
         if not got:
             break
         count += got
-    return count
+    return torch.frombuffer(buffer, dtype=torch.uint8, count=count)
 
 
 def jpeg_frame(data) -> JpegFrame | None:
