@@ -170,11 +170,13 @@ EXPLANATION = """## What each row measures
 - `EvalTransform` decodes RGB and grayscale JPEGs that need no DCT reduction with
   `torchvision.io.decode_jpeg`, which gives PIL's pixels faster, and resizes them with torch's
   antialiased uint8 kernel (the whole image, then the center crop). That kernel matches PIL's
-  resize within one grey level and is several times faster. Their size comes from the first 64 KB
-  of the file, which hold the JPEG frame header, so PIL does not open them. Images that PIL
+  resize within one grey level and is several times faster. Their size comes from the JPEG frame
+  header in the first 64 KB of the file (up to 1 MiB after a large EXIF or ICC block), so PIL does
+  not open them. Images that PIL
   decodes are resized by PIL, from the source box that survives the crop: copying a whole decoded
-  image out of PIL for torch cost more than PIL's resize of the box. JPEGs decode at a reduced DCT scale only when the reduced image keeps 1.5 times the resized
-  size: drafting down to the resized size itself changed EfficientNet-Lite0's top-1 class on
+  image out of PIL for torch cost more than PIL's resize of the box. JPEGs decode at a reduced DCT
+  scale only when the reduced image keeps 1.5 times the resized size: drafting down to the
+  resized size itself changed EfficientNet-Lite0's top-1 class on
   matplotlib's grace_hopper.jpg. With the gap of 1.5 the real photos keep their top-1 class (they
   are too small to be reduced); the generated 1024x768 photos are reduced to 1/2, and the table
   below gives how many keep their top-1 class.
