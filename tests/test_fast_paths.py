@@ -83,7 +83,7 @@ def test_resamplers_agree_within_one_level():
 
 
 @pytest.mark.parametrize(("size", "same_as"), [((500, 375), "torch"), ((1024, 768), "pil")])
-def test_auto_resampler_follows_the_decoder(tmp_path, size, same_as):
+def test_auto_resampler_follows_decoder(tmp_path, size, same_as):
     # torchvision decodes the 500x375 JPEG and torch resizes it. PIL drafts the 1024x768 JPEG and resizes it.
     path = write_jpeg(tmp_path / "photo.jpg", photo("chelsea").resize(size))
     auto = EvalTransform(Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD))
@@ -277,7 +277,7 @@ def test_jpeg_frame_reads_size_and_components(tmp_path, mode, components, progre
     assert (frame.width, frame.height, frame.precision, frame.components) == (301, 203, 8, components)
 
 
-def test_jpeg_start_reads_only_the_start_of_jpegs(tmp_path):
+def test_jpeg_start_reads_only_start(tmp_path):
     large = tmp_path / "large.jpg"
     photo("rocket").resize((2000, 1500)).save(large, quality=95)
     png = PHOTOS["coffee"][0]
@@ -322,8 +322,8 @@ def test_header_read_stops_at_limit(tmp_path):
     assert len(start) == JPEG_HEADER_LIMIT
 
 
-def test_named_pipe_raises_instead_of_blocking(tmp_path):
-    # PIL would block for ever reopening a pipe whose writer is gone, so each side runs in a thread.
+def test_named_pipe_raises_not_blocks(tmp_path):
+    # PIL would block forever reopening a pipe whose writer is gone, so each side runs in a thread.
     pipe = tmp_path / "pipe.jpg"
     os.mkfifo(pipe)
     data = write_jpeg(tmp_path / "small.jpg", photo("rocket").resize((64, 48))).read_bytes()

@@ -269,18 +269,18 @@ START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
 
 
-# Bytes read before the frame header decides how a JPEG is decoded. The header lies further in
-# only after a large EXIF thumbnail or ICC profile: then up to JPEG_HEADER_LIMIT bytes are read,
-# and PIL decodes the rare file whose header lies even further in.
+# Bytes read to find the frame header, which decides how a JPEG is decoded. After a large EXIF
+# thumbnail or ICC profile the search goes on up to JPEG_HEADER_LIMIT bytes, and PIL decodes the
+# rare file whose header lies even further in.
 JPEG_START_BYTES = 64 * 1024
 JPEG_HEADER_LIMIT = 1024 * 1024
 
 
 def read_jpeg_start(stream: BinaryIO) -> tuple[bytes, "JpegFrame | None"]:
-    """Read the start of an open file and return it with its JPEG frame header, or with None for the header.
+    """Read the start of an open file and return it with its JPEG frame header, or with None where none is found.
 
-    Raises OSError for a file that is not a regular file, such as a named pipe, which PIL could
-    not open a second time.
+    Raises OSError for a file that is not a regular file, such as a named pipe, because PIL could
+    not open it a second time.
     """
     if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
         raise OSError(f"{stream.name} is not a regular file; replace it with an image file")
