@@ -114,7 +114,12 @@ def test_hardlink_falls_back_to_copy(imagenet, tmp_path, monkeypatch, caplog):
     assert "built by copy, since hard links fail there" in caplog.text
     train_file = tmp_path / "out" / "ReIN3" / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG"
     assert os.stat(train_file).st_nlink == 1
-    assert train_file.read_bytes() == (imagenet.root / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG").read_bytes()
+    source = imagenet.root / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG"
+    assert train_file.read_bytes() == source.read_bytes()
+    assert train_file.stat().st_mtime_ns == source.stat().st_mtime_ns
+    readme = (tmp_path / "out" / "ReIN3" / "README.md").read_text()
+    assert "placed by hard link, or by copy where hard links failed (the output folder is on another file system" in readme
+    assert build_subsets(imagenet, {"ReIN3": SUBSET}, tmp_path / "out", mode="hardlink", workers=2)[0].skipped
 
 
 def test_subset_path_that_is_a_file(imagenet, tmp_path):
@@ -184,6 +189,55 @@ def test_damaged_subset_repaired(imagenet, tmp_path, damage):
     summary = build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)[0]
     assert not summary.skipped
     assert tree_digest(out / "ReIN3") == tree_digest(tmp_path / "clean" / "ReIN3")
+
+
+def flip_first_pixel_byte(path: Path, seconds_later: int) -> None:
+    """Change one byte near the end of a file, keeping its size, and move its modification time on."""
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    before = path.stat().st_mtime
+    path.write_bytes(bytes(data))
+    os.utime(path, (before + seconds_later, before + seconds_later))
+
+
+@pytest.mark.parametrize("edited", ["copy", "source"])
+def test_same_size_edit_rebuilds_copy(imagenet, tmp_path, edited):
+    out = tmp_path / "out"
+    build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)
+    source = imagenet.root / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG"
+    copy = out / "ReIN3" / "train" / SEA_SNAKE / f"{SEA_SNAKE}_1.JPEG"
+    flip_first_pixel_byte(copy if edited == "copy" else source, seconds_later=60)
+    assert copy.read_bytes() != source.read_bytes()
+
+    summary = build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)[0]
+
+    assert not summary.skipped
+    assert copy.read_bytes() == source.read_bytes()
+    assert build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)[0].skipped
+
+
+def test_added_folder_removed_by_rebuild(imagenet, tmp_path, caplog):
+    build_subsets(imagenet, {"ReIN3": SUBSET}, tmp_path / "clean", workers=2)
+    out = tmp_path / "out"
+    build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)
+    (out / "ReIN3" / "val" / "newclass").mkdir()
+
+    with caplog.at_level(logging.WARNING):
+        summary = build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)[0]
+
+    assert not summary.skipped
+    assert "it holds 1 unexpected folder, e.g. val/newclass; rebuilding it" in caplog.text
+    assert not (out / "ReIN3" / "val" / "newclass").exists()
+    assert tree_digest(out / "ReIN3") == tree_digest(tmp_path / "clean" / "ReIN3")
+
+
+def test_unwritable_partial_folder_reported(imagenet, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".ReIN3.partial").write_text("a file where the build folder goes\n")
+
+    with pytest.raises(UserError, match=rf"writing subset ReIN3 in {out} failed: .*\.ReIN3\.partial\); fix the permissions"):
+        build_subsets(imagenet, {"ReIN3": SUBSET}, out, workers=2)
 
 
 def test_partial_leftovers_cleaned(imagenet, tmp_path):
@@ -327,7 +381,7 @@ def test_unknown_mode_rejected(imagenet, tmp_path):
 def test_class_without_val_images_rejected(tmp_path):
     root = make_imagenet_tree(tmp_path / "ImageNet", "val-folders", WNIDS)
     shutil.rmtree(root / "val" / SEA_SNAKE)
-    with pytest.raises(UserError, match=r"1 classes have no images in a split .*: n01751748 \(val\)"):
+    with pytest.raises(UserError, match=r"1 class has no images in a split .*: n01751748 \(val\); leave this class out"):
         build_subsets(detect_layout(root, "ImageNet"), {"ReIN3": SUBSET}, tmp_path / "out")
 
 

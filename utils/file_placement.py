@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ LINK_FALLBACK_ERRORS = {
     errno.EOPNOTSUPP: "the file system does not support hard links",
     errno.EPERM: "the system does not allow hard links to these images",
 }
+# Largest difference between the modification times of a copy and its source that still counts as
+# equal: FAT file systems store times in steps of 2 seconds.
+MTIME_TOLERANCE_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,17 @@ class PlannedFile:
     size: int
     device: int
     inode: int
+    mtime_ns: int = 0
 
 
 def is_in_place(path: Path | str, planned: PlannedFile, mode: str) -> bool:
     """Return whether ``path`` already is ``planned`` as ``mode`` would place it.
 
-    A copy is a regular file of the source's size that is not the source itself. A hard link
-    shares the source's inode, or is such a copy on another file system. A symbolic link points
-    to the absolute source path.
+    A copy is a regular file of the source's size and modification time (`place` gives copies
+    their source's) that is not the source itself. The times may differ by up to
+    ``MTIME_TOLERANCE_NS``, because some file systems store them coarsely. A hard link shares the
+    source's inode, or is such a copy, made where linking failed. A symbolic link points to the
+    absolute source path.
     """
     try:
         status = os.lstat(path)
@@ -56,9 +63,10 @@ def is_in_place(path: Path | str, planned: PlannedFile, mode: str) -> bool:
     if not stat.S_ISREG(status.st_mode) or status.st_size != planned.size:
         return False
     same_file = (status.st_dev, status.st_ino) == (planned.device, planned.inode)
+    same_time = abs(status.st_mtime_ns - planned.mtime_ns) <= MTIME_TOLERANCE_NS
     if mode == "hardlink":
-        return same_file or status.st_dev != planned.device
-    return not same_file
+        return same_file or same_time
+    return not same_file and same_time
 
 
 class FilePlacer:
@@ -75,6 +83,11 @@ class FilePlacer:
     def copied_instead(self) -> bool:
         """True when some hard links failed and the files were copied instead."""
         return bool(self._fallbacks_logged)
+
+    @property
+    def fallback_reasons(self) -> list[str]:
+        """Why hard links failed, one text per kind of failure, in a fixed order."""
+        return [LINK_FALLBACK_ERRORS[number] for number in sorted(self._fallbacks_logged)]
 
     def place(self, planned: PlannedFile) -> None:
         """Place one file unless it is already in place; raise UserError when writing fails."""
@@ -101,9 +114,9 @@ class FilePlacer:
             if self.mode == "symlink":
                 os.symlink(planned.source, target)
             elif self.mode == "hardlink":
-                self._link_or_copy(planned.source, target)
+                self._link_or_copy(planned, target)
             else:
-                copy_file(planned.source, target)
+                copy_with_time(planned, target)
         except FileExistsError:
             return False
         return True
@@ -113,15 +126,15 @@ class FilePlacer:
         for planned in files:
             self.place(planned)
 
-    def _link_or_copy(self, source: str, target: str) -> None:
+    def _link_or_copy(self, planned: PlannedFile, target: str) -> None:
         try:
-            os.link(source, target)
+            os.link(planned.source, target)
             return
         except OSError as error:
             if error.errno not in LINK_FALLBACK_ERRORS:
                 raise
             self._log_fallback_once(error.errno)
-        copy_file(source, target)
+        copy_with_time(planned, target)
 
     def _log_fallback_once(self, number: int) -> None:
         with self._lock:
@@ -129,6 +142,16 @@ class FilePlacer:
                 return
             self._fallbacks_logged.add(number)
         log.warning("hard links into %s fail because %s; copying the images instead", self.folder, LINK_FALLBACK_ERRORS[number])
+
+
+def copy_with_time(planned: PlannedFile, target: str) -> None:
+    """Copy a planned file to ``target`` (see `copy_file`) and give the copy its source's modification time.
+
+    A re-run then recognizes a copy whose source changed at the same size, and a copy edited in
+    place, by the time. A run killed before the time is set leaves a copy that a re-run replaces.
+    """
+    copy_file(planned.source, target)
+    os.utime(target, ns=(time.time_ns(), planned.mtime_ns))
 
 
 def copy_file(source: Path | str, target: Path | str) -> None:

@@ -7,7 +7,8 @@ A subset is built in the sibling folder `<out>/.<name>.partial/`. The manifest `
 (classes, mode, and the size of every file) is written after every image is in place, and only then
 is the folder renamed to `<out>/<name>/`, so a folder under the final name is always complete. A
 re-run compares an existing subset with its manifest and the files on disk and skips it when all
-match. Otherwise it resumes the partial folder, keeping files already in place, and swaps the new
+match: the same files and folders, each of its source's size and, for copies, with its source's
+modification time. Otherwise it resumes the partial folder, keeping files already in place, and swaps the new
 subset in. Nothing is written inside the dataset root, and the output folder may not lie inside it.
 """
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from utils.atomic import exclusive_lock, write_text_atomically
 from utils.class_lists import check_classes, check_folder_name
+from utils.cli import counted
 from utils.errors import UserError
 from utils.file_placement import FilePlacer, PlannedFile, is_in_place, run_parallel
 from utils.layouts import SPLITS, Layout, Split
@@ -169,12 +171,18 @@ def build_subset(
         log.warning("%s: %s; rebuilding it, which removes files added by hand", final, problem)
 
     placer = FilePlacer(partial, mode)
-    prepare_partial(partial, files)
-    with tqdm(total=len(files), desc=name, unit="file") as bar:
-        run_parallel(placer.place, files, workers, bar, CHUNK_FILES)
-    write_text_atomically(partial / README, describe_subset(manifest))
-    write_text_atomically(partial / MANIFEST, manifest_text(manifest))
-    swap_in(partial, final, old)
+    try:
+        prepare_partial(partial, files)
+        with tqdm(total=len(files), desc=name, unit="file") as bar:
+            run_parallel(placer.place, files, workers, bar, CHUNK_FILES)
+        write_text_atomically(partial / README, describe_subset(manifest, placer.fallback_reasons))
+        write_text_atomically(partial / MANIFEST, manifest_text(manifest))
+        swap_in(partial, final, old)
+    except OSError as error:
+        raise UserError(
+            f"writing subset {name} in {out_dir} failed: {error.strerror or error} ({error.filename}); "
+            "fix the permissions of the output folder or free disk space, or choose another folder, then run again to resume"
+        ) from error
     return summarize(name, final, manifest, time.monotonic() - start, skipped=False, copied=placer.copied_instead)
 
 
@@ -198,7 +206,7 @@ def plan_files(
             counts[which, label] += 1
             status = sources[relative]
             target = f"{which}/{label}/{layout.path_in_class(relative, label)}"
-            files.append(PlannedFile(target, os.path.join(root_text, relative), status.st_size, status.st_dev, status.st_ino))
+            files.append(PlannedFile(target, os.path.join(root_text, relative), status.st_size, status.st_dev, status.st_ino, status.st_mtime_ns))
 
     empty: dict[str, list[str]] = {}
     for (which, label), count in sorted(counts.items()):
@@ -207,8 +215,8 @@ def plan_files(
     if empty:
         shown = ", ".join(f"{label} ({', '.join(splits)})" for label, splits in sorted(empty.items())[:10])
         raise UserError(
-            f"subset {name}: {len(empty)} classes have no images in a split of {layout.root}: {shown}; "
-            "leave these classes out of the list or add their images"
+            f"subset {name}: {counted(len(empty), 'class has', 'classes have')} no images in a split of {layout.root}: {shown}; "
+            + ("leave this class out of the list or add its images" if len(empty) == 1 else "leave these classes out of the list or add their images")
         )
 
     files.sort(key=lambda planned: planned.target)
@@ -296,11 +304,24 @@ def find_problem(folder: Path, manifest: dict, files: list[PlannedFile], mode: s
         return "the dataset's images of its classes changed"
     on_disk = files_below(folder) - {MANIFEST, README}
     if on_disk != set(manifest["files"]):
-        return f"{len(set(manifest['files']) - on_disk)} files are missing and {len(on_disk - set(manifest['files']))} are unexpected"
+        missing, unexpected = len(set(manifest["files"]) - on_disk), len(on_disk - set(manifest["files"]))
+        return f"{counted(missing, 'file is', 'files are')} missing and {counted(unexpected, 'file is', 'files are')} unexpected"
+    extra_folders = folders_below(folder) - parent_folders(set(manifest["files"]))
+    if extra_folders:
+        return f"it holds {counted(len(extra_folders), 'unexpected folder')}, e.g. {min(extra_folders)}"
     wrong = [planned.target for planned in files if not is_in_place(folder / planned.target, planned, mode)]
     if wrong:
-        return f"{len(wrong)} files have the wrong size or link target, e.g. {wrong[0]}"
+        return f"{counted(len(wrong), 'file differs', 'files differ')} from the dataset's in size, modification time or link target, e.g. {wrong[0]}"
     return None
+
+
+def folders_below(folder: Path) -> set[str]:
+    """Return the relative POSIX paths of all folders below ``folder``, not following links."""
+    found = set()
+    for dirpath, dirnames, _ in os.walk(folder):
+        relative = Path(dirpath).relative_to(folder)
+        found.update((relative / name).as_posix() for name in dirnames if not os.path.islink(os.path.join(dirpath, name)))
+    return found
 
 
 def files_below(folder: Path) -> set[str]:
@@ -364,8 +385,11 @@ def swap_in(partial: Path, final: Path, old: Path) -> None:
         shutil.rmtree(old)
 
 
-def describe_subset(manifest: dict) -> str:
-    """Return a Markdown page with the counts of a subset per class and split."""
+def describe_subset(manifest: dict, fallback_reasons: list[str] | None = None) -> str:
+    """Return a Markdown page with the counts of a subset per class and split.
+
+    ``fallback_reasons`` gives the reasons why hard links failed where a hard-link build copied files instead.
+    """
     counts = {label: {"train": 0, "val": 0} for label in manifest["classes"]}
     for target in manifest["files"]:
         which, label, _ = target.split("/", 2)
@@ -374,7 +398,7 @@ def describe_subset(manifest: dict) -> str:
         f"# {manifest['name']}",
         "",
         f"{len(counts)} classes, {manifest['train_images']:,} training and {manifest['val_images']:,} validation "
-        f"images ({manifest['bytes']:,} bytes), placed by {manifest['mode']}. "
+        f"images ({manifest['bytes']:,} bytes), {placement_text(manifest['mode'], fallback_reasons)}. "
         f"Load `train/` and `val/` with `torchvision.datasets.ImageFolder`; `{MANIFEST}` lists every file.",
         "",
         "| class | train | val |",
@@ -382,6 +406,13 @@ def describe_subset(manifest: dict) -> str:
     ]
     lines += [f"| {label} | {count['train']} | {count['val']} |" for label, count in counts.items()]
     return "\n".join(lines) + "\n"
+
+
+def placement_text(mode: str, fallback_reasons: list[str] | None) -> str:
+    """Say how the files of a subset were placed, naming the copies made where hard links failed."""
+    if not fallback_reasons:
+        return f"placed by {mode}"
+    return f"placed by hard link, or by copy where hard links failed ({'; '.join(fallback_reasons)})"
 
 
 def summarize(name: str, path: Path, manifest: dict, seconds: float, skipped: bool, copied: bool = False) -> SubsetSummary:
