@@ -3,12 +3,15 @@
 `python -m bench` runs every benchmark at full size and writes bench/results.json and
 docs/benchmarks.md. `--quick` uses smaller inputs and fewer repetitions, a few minutes on 2 CPU
 cores, and writes to bench/quick/ so that the committed results stay. `python -m bench --only gpu
---out DIR` runs the GPU benchmark alone and writes to DIR.
+--out DIR` runs the GPU benchmark alone and writes to DIR. The benchmarks need the test
+requirements too (`pip install -r requirements.txt -r requirements-test.txt`): their inputs are
+made from photos that scikit-image ships.
 
 The exit status is 1 when any benchmark misses its target, so a regression never hides in the table.
 """
 
 import argparse
+import importlib.util
 import logging
 import os
 import shlex
@@ -25,6 +28,7 @@ if __package__ in (None, ""):
 
 from bench import report  # noqa: E402
 from bench.common import Result, machine_description  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -60,7 +64,7 @@ QUICK = Sizes(512, 32, 256, 3, 3, 40, 3, 256, 2, 1_420_000, 1, 2_000, 2_000, 1)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smaller inputs and fewer repetitions; benchmark 5 then runs ImageNet-21k's 21,841 classes "
@@ -144,6 +148,10 @@ def run_benchmarks(names: list[str], sizes: Sizes, work: Path, workers: int, bat
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if importlib.util.find_spec("skimage") is None:
+        print("python -m bench: error: scikit-image is not installed; install the test requirements with "
+              "pip install -r requirements-test.txt", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("utils", "bench.outcome_statistics"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,6 +1,9 @@
 """The benchmark harness: interleaved rounds, warm-up rounds, ratios and the subset benchmark on a small tree."""
 
+import sys
+
 from bench.common import Result, run_side_by_side
+from bench.run import main
 from bench.subsets import bench_subset_building
 
 
@@ -35,3 +38,12 @@ def test_subset_benchmark_runs_on_small_tree(tmp_path):
     assert all(result.baseline_median > 0 for result in results)
     assert results[0].details["files"] == 2 * (3 + 2)
     assert not (tmp_path / "hardlink").exists()
+
+
+def test_missing_test_requirements_named(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "skimage", None)
+
+    assert main(["--only", "statistics", "--work", str(tmp_path)]) == 2
+
+    assert "scikit-image is not installed; install the test requirements with pip install -r requirements-test.txt" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

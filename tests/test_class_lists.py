@@ -133,3 +133,16 @@ def test_written_lists_read_back_or_warn(tmp_path, caplog):
     assert read_class_list(paths[0]) == ["C#", "F#"]
     assert "Re2" not in caplog.text
     assert "Re3: class '#x' cannot be read back from a list file" in caplog.text
+
+
+def test_earlier_lists_kept_with_warning(tmp_path, caplog):
+    write_class_lists({"Re2": ["a", "b"], "Re3": ["a", "b", "c"]}, tmp_path)
+    (tmp_path / "Re3.txt").unlink()
+
+    with caplog.at_level(logging.WARNING, logger="utils.reports"):
+        write_class_lists({"Re4": ["a", "b", "c", "d"]}, tmp_path)
+
+    assert (tmp_path / "List_file_rescale.txt").read_text() == "Re4.txt\n"
+    assert read_class_list(tmp_path / "Re2.txt") == ["a", "b"]
+    assert f"{tmp_path} also contains Re2.txt from an earlier run, which are kept" in caplog.text
+    assert "Re3.txt" not in caplog.text

@@ -15,7 +15,7 @@ import torch
 
 from tests.helpers import run_script, tree_digest
 from utils.errors import UserError
-from utils.fashion_mnist import DEBIAN_FOLDER, FashionMNISTSplit, write_image_folder
+from utils.fashion_mnist import DEBIAN_FOLDER, FashionMNISTSplit, check_network_path, write_image_folder
 
 UPPER_BODY = {"T-shirt_top", "Pullover", "Dress", "Coat", "Shirt"}
 
@@ -147,3 +147,25 @@ def test_empty_root_receives_the_tree(tmp_path):
     write_image_folder(root, small_splits())
 
     assert len(list(root.glob("*/*/*.png"))) == 8
+
+
+def test_network_path_folder_rejected(tmp_path):
+    weights = tmp_path / "network"
+    weights.mkdir()
+    run = run_script("RescaleDataset.py", "--dataset", "FashionMNIST", f"--data={tmp_path / 'FashionMNIST'}",
+                     f"--results={tmp_path / 'results'}", f"--out={tmp_path / 'subsets'}", f"--weights={weights}")
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert (f"ERROR the demo network path {weights} is a folder, and the network is saved as a file; pass a file path "
+            f"such as {weights / 'fashion_mnist_cnn.pth'} with --weights") in run.stderr
+    assert "training it" not in run.stderr
+    assert not (tmp_path / "FashionMNIST").exists()
+    assert not any(weights.iterdir())
+
+
+def test_network_path_under_file_rejected(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(UserError, match=f"writing {blocker} failed: .* is a file where a folder is needed"):
+        check_network_path(blocker / "cnn.pth")
+    assert blocker.read_text() == "not a folder\n"

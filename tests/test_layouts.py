@@ -129,8 +129,7 @@ def test_unlabelled_val_image_rejected(tmp_path, layout_name, stray):
     layout = detect_layout(root, "ImageNet")
     with pytest.raises(UserError) as caught:
         layout.split("val")
-    assert "1 images in" in str(caught.value)
-    assert stray in str(caught.value)
+    assert f"has no label for 1 image in {root / 'val'}, e.g. {stray};" in str(caught.value)
 
 
 def test_non_wnid_folder_rejected_for_imagenet(tmp_path):
@@ -180,7 +179,7 @@ def test_kaggle_label_missing_from_mapping(tmp_path):
     root = make_imagenet_tree(tmp_path / "kaggle", "kaggle", WNIDS[:1], val_per_class=1)
     mapping = root / "LOC_synset_mapping.txt"
     mapping.write_text("".join(line + "\n" for line in mapping.read_text().splitlines() if SEA_SNAKE not in line))
-    with pytest.raises(UserError, match=f"missing from {mapping}, e.g. {SEA_SNAKE}"):
+    with pytest.raises(UserError, match=f"labels images with 1 WordNet id missing from {mapping}, e.g. {SEA_SNAKE}"):
         detect_layout(root, "ImageNet").split("val")
 
 
@@ -189,6 +188,18 @@ def test_kaggle_bad_header_rejected(tmp_path):
     (root / "LOC_val_solution.csv").write_text("image,label\nILSVRC2012_val_00000001,n01751748\n")
     with pytest.raises(UserError, match="header ImageId,PredictionString"):
         detect_layout(root, "ImageNet").split("val")
+
+
+@pytest.mark.parametrize("name", ["LOC_val_solution.csv", "LOC_synset_mapping.txt"])
+def test_kaggle_file_not_utf8_rejected(tmp_path, name):
+    root = make_imagenet_tree(tmp_path / "kaggle", "kaggle", WNIDS[:1], val_per_class=1)
+    text_file = root / name
+    size = text_file.stat().st_size
+    with text_file.open("ab") as stream:
+        stream.write(b"\xff\n")
+    with pytest.raises(UserError) as caught:
+        detect_layout(root, "ImageNet").split("val")
+    assert str(caught.value) == f"{text_file} is not UTF-8 text (byte {size}); save it as UTF-8"
 
 
 def test_kaggle_csv_above_cls_loc_root(imagenet_trees):
@@ -243,7 +254,7 @@ def test_places365_original_needs_categories(tmp_path):
 def test_places365_unlisted_val_image_rejected(tmp_path):
     root = make_places365_tree(tmp_path / "original", "original", CATEGORIES[:1])
     write_image(root / "val_256" / "Places365_val_00099999.jpg", 0)
-    with pytest.raises(UserError, match="1 images in .* are not listed in .*places365_val.txt, e.g. Places365_val_00099999.jpg"):
+    with pytest.raises(UserError, match=r"places365_val.txt does not list 1 image of .*val_256, e.g. Places365_val_00099999.jpg;"):
         detect_layout(root, "Places365").split("val")
 
 
@@ -254,6 +265,24 @@ def test_places365_bad_list_line_named(tmp_path):
         detect_layout(root, "Places365").split("train")
 
 
+def test_places365_categories_not_utf8_rejected(tmp_path):
+    root = make_places365_tree(tmp_path / "original", "original", CATEGORIES[:1])
+    categories = root / "categories_places365.txt"
+    categories.write_bytes(b"/a/caf\xe9 0\n")
+    with pytest.raises(UserError) as caught:
+        detect_layout(root, "Places365").classes()
+    assert str(caught.value) == f"{categories} is not UTF-8 text (byte 6); save it as UTF-8"
+
+
+def test_places365_list_line_not_utf8_rejected(tmp_path):
+    root = make_places365_tree(tmp_path / "original", "original", CATEGORIES[:1])
+    list_file = root / "places365_val.txt"
+    list_file.write_bytes(list_file.read_bytes() + b"Places365_val_0000000\xe9.jpg 0\n")
+    with pytest.raises(UserError) as caught:
+        detect_layout(root, "Places365").split("val")
+    assert str(caught.value) == f"line 2 of {list_file} is not UTF-8 text (byte 21); save it as UTF-8"
+
+
 def test_imagefolder_and_fashionmnist_same_layout(tmp_path):
     write_image(tmp_path / "train" / "boot" / "1.png", 0)
     write_image(tmp_path / "val" / "boot" / "2.png", 1)
@@ -261,6 +290,24 @@ def test_imagefolder_and_fashionmnist_same_layout(tmp_path):
         layout = detect_layout(tmp_path, dataset)
         assert layout.name == "imagefolder"
         assert layout.classes() == ["boot"]
+
+
+def test_imagefolder_val_file_rejected(tmp_path):
+    write_image(tmp_path / "train" / "boot" / "1.png", 0)
+    (tmp_path / "val").write_text("not a folder\n")
+    layout = detect_layout(tmp_path, "ImageFolder")
+    with pytest.raises(UserError) as caught:
+        layout.split("val")
+    assert str(caught.value) == (f"{tmp_path / 'val'} is not a folder; a dataset in the ImageFolder layout "
+                                 "needs val/<class>/ folders")
+
+
+def test_imagenet_val_file_rejected(tmp_path):
+    root = make_imagenet_tree(tmp_path / "imagenet", "val-folders", WNIDS[:1], val_per_class=1)
+    shutil.rmtree(root / "val")
+    (root / "val").write_text("not a folder\n")
+    with pytest.raises(UserError, match=f"^{root / 'val'} is not a folder; an ImageNet dataset needs val/ with its images$"):
+        detect_layout(root, "ImageNet").split("val")
 
 
 @pytest.mark.parametrize(

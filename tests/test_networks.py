@@ -148,3 +148,24 @@ def test_class_names_file_wrong_length(tmp_path):
     names.write_text("a\nb\n")
     with pytest.raises(UserError, match="2 names"):
         load_network("resnet18", str(path), class_names_file=names)
+
+
+def test_class_names_file_not_utf8(tmp_path):
+    path = tmp_path / "resnet18_places365.pth.tar"
+    csail_checkpoint(path)
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"caf\xe9\n")
+    with pytest.raises(UserError) as caught:
+        load_network("resnet18", str(path), class_names_file=names)
+    assert str(caught.value) == f"--class-names {names} is not UTF-8 text (byte 3); save it as UTF-8"
+
+
+def test_class_names_count_in_singular(tmp_path):
+    path = tmp_path / "resnet18_places365.pth.tar"
+    csail_checkpoint(path)
+    names = tmp_path / "names.txt"
+    names.write_text("scene\n")
+    with pytest.raises(UserError) as caught:
+        load_network("resnet18", str(path), class_names_file=names)
+    assert str(caught.value) == (f"--class-names {names} lists 1 name but the network has 365 outputs; "
+                                 "give one name per output, in output order")

@@ -100,7 +100,7 @@ def test_list_entry_unknown_or_path_like(dataset, tmp_path, caplog, entry, messa
 
 @pytest.mark.parametrize("flag", ["--lists", "--compare"])
 @pytest.mark.parametrize("case", ["same name in two folders", "same file twice", "same file through a link", "one class",
-                                  "two names on one line"])
+                                  "two names on one line", "missing file"])
 def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog, flag, case):
     root, before, network = dataset
     first = write_list(tmp_path / "mine" / "ReFM2.txt", b"trouser\npullover\n")
@@ -116,6 +116,7 @@ def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog,
                                      f"list file {tmp_path / 'link' / 'ReFM2.txt'} is given twice to {flag}"),
         "one class": ([first, single], f"list file {single} names only 1 class; a subset needs at least 2, so add another class"),
         "two names on one line": ([joined], "'trouser\\tpullover'"),
+        "missing file": ([first, tmp_path / "nope.txt"], f"class list {tmp_path / 'nope.txt'} not found; check the path given to {flag}"),
     }[case]
     run = [flag, *lists, *rescale_args(root, tmp_path / "results", tmp_path / "out", network)]
     if flag == "--compare":
@@ -125,6 +126,9 @@ def test_list_files_that_cannot_make_distinct_subsets(dataset, tmp_path, caplog,
 
     assert message in errors(caplog)
     assert not (tmp_path / "out").exists()
+    written = {path.name for path in (tmp_path / "results").iterdir()} if (tmp_path / "results").exists() else set()
+    # Stored outcomes are kept for the next run. A missing file stops the run before the validation pass.
+    assert written <= ({".lock"} if case == "missing file" else {".lock", "outcomes.npz"}), written
     assert tree_digest(root) == before
 
 

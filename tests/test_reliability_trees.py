@@ -157,7 +157,7 @@ def test_class_folder_empty_or_without_images(tmp_path, network, caplog):
     listed = tmp_path / "ReFM2.txt"
     listed.write_text("trouser\ncoat\n")
     assert rescale("--lists", listed, *rescale_args(root, results, out, network)) == 1
-    assert "1 classes have no images in a split" in errors(caplog)
+    assert "1 class has no images in a split" in errors(caplog)
     assert "coat (train, val)" in errors(caplog)
     assert not (out / "ReFM2").exists()
 

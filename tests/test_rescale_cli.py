@@ -27,6 +27,17 @@ def test_help_lists_every_flag_with_default():
     assert "python RescaleDataset.py --dataset FashionMNIST" in run.stdout
 
 
+@pytest.mark.parametrize("script, flags, message", [
+    ("RescaleDataset.py", ["--sizes", "1"], "argument --sizes: subset size 1 is below 2; a subset needs at least 2 classes"),
+    ("Train_ImageNetRescaleSubsets.py", ["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+])
+def test_flag_mistake_is_one_line(script, flags, message):
+    run = run_script(script, *flags)
+
+    assert_clean_failure(run, status=2)
+    assert run.stderr.splitlines() == [f"{script}: error: {message}; see {script} --help"]
+
+
 @pytest.mark.parametrize(
     "flag, value, valid",
     [("--dataset", "CIFAR", "Places365"), ("--strategy", "hardest", "lowest-accuracy"), ("--mode", "move", "hardlink")],
@@ -185,3 +196,17 @@ def test_missing_places365_checkpoint_names_the_download(tmp_path):
     assert_clean_failure(run)
     assert (f"Places365 checkpoint {tmp_path / 'resnet50_places365.pth.tar'} not found; download resnet50_places365.pth.tar "
             "from http://places2.csail.mit.edu/models_places365/ to that path") in run.stderr
+
+
+def test_class_names_not_utf8_script(tmp_path):
+    from tests.fashion_trees import write_dataset
+    from tests.reliability_helpers import write_network
+
+    root = write_dataset(tmp_path / "fm", [0, 1], 2, 2)
+    network = write_network(tmp_path / "cnn.pth")
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"t-shirt\ncaf\xe9\n")
+    run = run_script("RescaleDataset.py", "--dataset", "ImageFolder", "--data", str(root), "--model", str(network),
+                     "--class-names", str(names), "--no-materialize", "--device", "cpu", "--results", str(tmp_path / "r"))
+    assert_clean_failure(run)
+    assert f"ERROR --class-names {names} is not UTF-8 text (byte 11); save it as UTF-8\n" in run.stderr

@@ -27,10 +27,10 @@ from utils.checkpoints import load_checkpoint
 from utils.cli import counted, run_main
 from utils.distributed import DistributedContext
 from utils.errors import UserError
-from utils.fashion_mnist_challenge import write_verdict
+from utils.fashion_mnist_challenge import main as challenge_main, write_verdict
 from utils.memory_format import prefers_channels_last, time_memory_formats
 from utils.results_table import write_results_table
-from utils.train_args import parse_args
+from utils.train_args import build_parser, parse_args
 from utils.train_checkpoint import capture_rng_state, load_trained_network, restore_rng_state
 from utils.train_data import DatasetSource, Preprocessing, ShardSampler, find_datasets, load_split
 from utils.train_log import LOG_COLUMNS, TIMING_COLUMNS, write_epoch_log
@@ -158,6 +158,14 @@ def test_find_datasets_empty_folder_explains_fix(tmp_path):
 
 
 # Flags
+
+def test_seed_help_names_conditions(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag, so that no flag name is broken at its hyphen
+    text = " ".join(build_parser("ImageNet").format_help().split())
+    assert ("On the CPU, runs with the same seed, --workers, number of processes and memory format (set it with "
+            "--channels-last or --no-channels-last) give the same log.csv apart from the timing columns") in text
+    assert "repeats a CPU run exactly" not in text
+
 
 def test_defaults_follow_training_protocol(tmp_path):
     args = parse_args(["--data", str(tmp_path)], "ImageNet")
@@ -290,6 +298,33 @@ def test_challenge_text_counts_in_singular(tmp_path):
     assert "must be at least 1 point." in text
 
 
+def challenge_folders(tmp_path) -> list[str]:
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "ReFM4.txt").write_text("Shirt\nT-shirt_top\nPullover\nCoat\n")
+    return ["--lists", str(lists), "--data", str(tmp_path / "FashionMNIST"), "--out", str(tmp_path / "out")]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--train-per-class", "0", "argument --train-per-class: 0 is too small; use 1 or more"),
+    ("--epochs", "0", "argument --epochs: 0 is too small; use 1 or more"),
+    ("--workers", "-3", "argument --workers: -3 is too small; use 0 or more"),
+    ("--seeds", "-1", "argument --seeds: -1 is too small; use 0 or more"),
+])
+def test_challenge_flag_rejected_by_name(tmp_path, capsys, keep_logging, flag, value, message):
+    with pytest.raises(SystemExit) as exited:
+        challenge_main(challenge_folders(tmp_path) + [flag, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_challenge_training_flags_checked_first(tmp_path, keep_logging):
+    with pytest.raises(UserError, match="^--lr 0.0 is invalid; the learning rate must be a positive number"):
+        challenge_main(challenge_folders(tmp_path) + ["--lr", "0"])
+    assert not (tmp_path / "out").exists()
+
+
 # Pieces of the loop and the outputs
 
 def test_metric_sums_count_top1_and_top5():
@@ -350,6 +385,22 @@ def test_results_table_from_logs(tmp_path):
     assert table[1]["ReIN100_epochs"] == "3"
 
 
+def test_results_table_without_logs(tmp_path, caplog):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "ResNet18_ReIN30").mkdir(parents=True)
+    (checkpoints / "ResNet18_ReIN30" / "last.pth").write_bytes(b"checkpoint")
+    caplog.set_level(logging.WARNING)
+
+    assert write_results_table(checkpoints, tmp_path / "results") == []
+
+    markdown = (tmp_path / "results" / "results.md").read_text()
+    assert "|" not in markdown
+    assert markdown.endswith("No run has a `log.csv` with a finished epoch yet, so the table is empty.\n")
+    assert (tmp_path / "results" / "results.csv").read_text() == "arch\n"
+    assert ("ResNet18_ReIN30 is left out of the results table: it has last.pth but no log.csv; run the training "
+            "script on it again, which rewrites log.csv from last.pth") in caplog.text
+
+
 # Training runs
 
 def test_one_epoch_two_networks(subsets, tmp_path, keep_logging):
@@ -390,6 +441,20 @@ def test_finished_run_is_skipped_and_restart_retrains(subsets, tmp_path, keep_lo
 
     main(args + ["--restart"])
     assert last.stat().st_mtime_ns != written
+
+
+def test_deleted_log_restored_on_skip(subsets, tmp_path, log_capture):
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "1", "--seed", "0")
+    main(args)
+    log_path = tmp_path / "checkpoints" / "MobileNetV1_ReIN4" / "log.csv"
+    written = log_path.read_text()
+    log_path.unlink()
+
+    main(args)
+
+    assert log_path.read_text() == written
+    assert "MobileNetV1_ReIN4: log.csv was missing; rewrote it from the 1 epoch in last.pth" in log_capture.text
+    assert "| MobileNetV1 | " in (tmp_path / "results" / "results.md").read_text()
 
 
 def test_finished_run_rejects_changed_flags(subsets, tmp_path, keep_logging):
@@ -439,9 +504,32 @@ def test_unwritable_results_stop_before_training(subsets, tmp_path, keep_logging
     with pytest.raises(UserError) as error:
         main(args + ["--results", str(results)])
 
-    assert str(error.value) == (f"--results {results} cannot be created or written to (Not a directory); "
-                                "pass a writable folder with --results, or make this one writable")
+    assert str(error.value) == (f"--results {results} cannot be created, because {tmp_path / 'file'} is a file, "
+                                "not a folder; pass a folder elsewhere with --results, or move that file away")
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("evaluate", [[], ["--evaluate"]])
+def test_checkpoints_file_stops_training(subsets, tmp_path, keep_logging, evaluate):
+    checkpoints = tmp_path / "file"
+    checkpoints.write_text("not a folder")
+    args = run_args(subsets, tmp_path, "--arch", "MobileNetV1", "--subsets", "ReIN4", "--epochs", "1")
+
+    with pytest.raises(UserError) as error:
+        main(args + ["--checkpoints", str(checkpoints), *evaluate])
+
+    assert str(error.value) == f"--checkpoints {checkpoints} is a file, not a folder; pass a folder with --checkpoints"
+    assert checkpoints.read_text() == "not a folder"
+    assert not (tmp_path / "results").exists()
+
+
+def test_lock_below_file_names_it(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError) as error:
+        with exclusive_lock(tmp_path / "file" / "run", "a test"):
+            pass
+    assert str(error.value) == (f"{tmp_path / 'file' / 'run'} cannot be created, because {tmp_path / 'file'} is a file, "
+                                "not a folder; choose a folder for the outputs elsewhere, or move that file away")
 
 
 def test_oversized_batch_warns_once(subsets, tmp_path, log_capture):

@@ -39,7 +39,7 @@ def test_two_processes_match_one(tree, tmp_path):
     launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()))
     double = stage1(tree, tmp_path / "double", *launcher)
     assert double.returncode == 0, double.stderr
-    assert "2 process(es)" in double.stderr
+    assert "validation pass: 11 images on cpu in 2 processes" in double.stderr
 
     one = load_outcomes(tmp_path / "single" / "outcomes.npz")
     two = load_outcomes(tmp_path / "double" / "outcomes.npz")

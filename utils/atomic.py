@@ -123,6 +123,14 @@ def _drop_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """Return ``folder`` or its nearest existing parent if that path is not a folder, else None."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 @contextmanager
 def exclusive_lock(folder: Path, purpose: str):
     """Hold an exclusive lock on ``folder`` for the duration of the block, or fail at once.
@@ -131,8 +139,12 @@ def exclusive_lock(folder: Path, purpose: str):
     ends, so a killed run never leaves a stale lock behind. Forked children do not hold it.
     """
     lock_path = folder / ".lock"
-    if folder.exists() and not folder.is_dir():
+    blocker = file_in_the_way(folder)
+    if blocker == folder:
         raise UserError(f"{folder} is a file, not a folder; choose a folder for the outputs instead")
+    if blocker is not None:
+        raise UserError(f"{folder} cannot be created, because {blocker} is a file, not a folder; "
+                        "choose a folder for the outputs elsewhere, or move that file away")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stream = open(lock_path, "a+")

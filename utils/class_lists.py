@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.text_files import decode_utf8
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def reads_back(name: str) -> bool:
     return bool(name) and name == name.strip() and not COMMENT.search(name) and "\n" not in name and "\r" not in name
 
 
-def read_class_list(path: Path) -> list[str]:
+def read_class_list(path: Path, flag: str = "--lists") -> list[str]:
     """Read the class names of a list file in file order, without comments and duplicates.
 
     A `#` at the start of a line or after a space or tab starts a comment, so class names such
@@ -33,7 +34,7 @@ def read_class_list(path: Path) -> list[str]:
     is kept. Raises UserError for a missing or non-UTF-8 file, a file without entries, and an
     entry containing `/`, `\\` or `..`, naming the file and line number.
     """
-    text = _read_text(path)
+    text = _read_text(path, flag)
     entries = []
     first_line = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -55,19 +56,16 @@ def read_class_list(path: Path) -> list[str]:
     return entries
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, flag: str) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"class list {path} not found; check the path given to --lists") from None
+        raise UserError(f"class list {path} not found; check the path given to {flag}") from None
     except IsADirectoryError:
         raise UserError(f"class list {path} is a folder; pass the list files themselves") from None
     except OSError as error:
         raise UserError(f"class list {path} could not be read: {error.strerror}; check its permissions") from error
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(f"class list {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    return decode_utf8(data, f"class list {path}")
 
 
 def check_classes(

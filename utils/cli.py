@@ -1,5 +1,6 @@
 """Entry-point plumbing shared by the scripts: logging setup and error reporting."""
 
+import argparse
 import logging
 import os
 import sys
@@ -17,6 +18,17 @@ OUT_OF_MEMORY_TEXTS = ("can't allocate memory", "out of memory")
 def counted(number: int, noun: str, plural: str | None = None) -> str:
     """Return ``number`` with ``noun`` in the singular or the plural ("1 run", "2 runs")."""
     return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the mistake and where the flags are explained.
+
+    argparse's own error output starts with the usage line, which lists every flag of the scripts
+    (about 17 lines). The exit status stays argparse's 2.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from utils.cli import counted
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def init_distributed(device: torch.device) -> DistributedContext:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-        log.info("joined a %s process group of %d processes", backend, context.world_size)
+        log.info("joined a %s process group of %s", backend, counted(context.world_size, "process", "processes"))
     return context
 
 

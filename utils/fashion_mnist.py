@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.atomic import write_text_atomically
+from utils.atomic import make_folder, write_text_atomically
 from utils.checkpoints import save_atomically
 from utils.class_names import FASHION_MNIST_FOLDERS
 from utils.errors import UserError
@@ -211,8 +212,30 @@ def train_network(splits: dict[str, FashionMNISTSplit], path: Path) -> float:
     return accuracy
 
 
+def check_network_path(weights: Path) -> None:
+    """Raise UserError when the demo network cannot be saved at ``weights``, so that training does not start in vain."""
+    if weights.is_dir():
+        raise UserError(
+            f"the demo network path {weights} is a folder, and the network is saved as a file; pass a file path "
+            f"such as {weights / (ARCH + '.pth')} with --weights or as weights in the configuration file"
+        )
+    make_folder(weights.parent)
+    try:
+        with tempfile.NamedTemporaryFile(dir=weights.parent, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"the demo network cannot be saved in {weights.parent} ({error.strerror or error}); make that folder "
+            "writable, or pass another file path with --weights"
+        ) from None
+
+
 def prepare_fashion_mnist(settings) -> None:
     """Write the image tree under the dataset root and train the demo network, each only if missing."""
+    weights = Path(settings.weights) if settings.weights else None
+    train = settings.model == ARCH and weights is not None and not weights.is_file()
+    if train:
+        check_network_path(weights)
     folder = raw_folder(settings.root.parent / "FashionMNIST_download")
     splits = None
     if (settings.root / TREE_MARKER).is_file():
@@ -220,7 +243,6 @@ def prepare_fashion_mnist(settings) -> None:
     else:
         splits = load_fashion_mnist(folder)
         write_image_folder(settings.root, splits)
-    weights = Path(settings.weights) if settings.weights else None
-    if settings.model == ARCH and weights is not None and not weights.is_file():
+    if train:
         log.info("demo network %s not found; training it on the Fashion-MNIST training split", weights)
         train_network(splits or load_fashion_mnist(folder), weights)

@@ -21,12 +21,13 @@ import numpy as np
 from utils.atomic import write_text_atomically
 from utils.class_lists import read_class_list
 from utils.class_names import FASHION_MNIST_FOLDERS
-from utils.cli import counted, exit_with, setup_logging
+from utils.cli import ArgumentParser, counted, exit_with, setup_logging
 from utils.config import load_config
 from utils.errors import UserError
 from utils.layouts import Layout, Split, detect_layout
 from utils.reports import markdown_table
 from utils.subsets import build_subsets
+from utils.train_args import parse_args
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,33 @@ def random_lists(seeds: list[int], size: int) -> dict[str, list[str]]:
     return lists
 
 
+def int_at_least(minimum: int):
+    """Return an argparse type that accepts integers of ``minimum`` or more."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; use {minimum} or more") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; use {minimum} or more")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utils.fashion_mnist_challenge", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m utils.fashion_mnist_challenge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", default=["ResNet18", "MobileNetV2"], help="networks to train (default: ResNet18 MobileNetV2)")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (default: 3)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of the random 4-class subsets (default: 1 2 3)")
-    parser.add_argument("--image-size", type=int, default=32, help="training and validation crop in pixels (default: 32)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    parser.add_argument("--epochs", type=int_at_least(1), default=3, help="training epochs per run (default: 3)")
+    parser.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[1, 2, 3],
+                        help="seeds of the random 4-class subsets (default: 1 2 3)")
+    parser.add_argument("--image-size", type=int_at_least(1), default=32, help="training and validation crop in pixels (default: 32)")
+    parser.add_argument("--batch-size", type=int_at_least(2), default=128, help="images per step, at least 2 for batch norm (default: 128)")
     parser.add_argument("--lr", type=float, default=0.05, help="initial learning rate (default: 0.05)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
-    parser.add_argument("--train-per-class", type=int, help="keep only this many training images per class (default: all 6,000)")
-    parser.add_argument("--val-per-class", type=int, help="keep only this many validation images per class (default: all 1,000)")
+    parser.add_argument("--workers", type=int_at_least(0), default=2, help="DataLoader workers, 0 loads in the main process (default: 2)")
+    parser.add_argument("--train-per-class", type=int_at_least(1),
+                        help="keep only this many training images per class (default: all 6,000)")
+    parser.add_argument("--val-per-class", type=int_at_least(1),
+                        help="keep only this many validation images per class (default: all 1,000)")
     parser.add_argument("--min-gap", type=float, default=5.0, help="points by which ReFM4 must trail the random mean (default: 5)")
     parser.add_argument("--data", type=Path, help="Fashion-MNIST image tree (default: FashionMNIST['root'] of config_rescale.py)")
     parser.add_argument("--lists", type=Path, help="folder with ReFM4.txt (default: FashionMNIST['results'] of config_rescale.py)")
@@ -132,6 +149,16 @@ def write_verdict(table: dict[str, dict[str, float]], subsets: dict[str, list[st
     return failing
 
 
+def training_argv(args: argparse.Namespace, out: Path, subset_names: list[str]) -> list[str]:
+    """Return the flags of the training run over all subsets, with outputs under ``out``."""
+    return [
+        "--data", str(out / "subsets"), "--subsets", *subset_names, "--arch", *args.arch, "--epochs", str(args.epochs),
+        "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+        "--lr-step", str(args.epochs), "--workers", str(args.workers), "--seed", "0",
+        "--checkpoints", str(out / "checkpoints"), "--results", str(out),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build ReFM4 and the random controls, train the networks on them and compare."""
     setup_logging()
@@ -145,17 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{hard_list} not found; run `python RescaleDataset.py --dataset FashionMNIST` first")
 
     subsets = {HARD_SUBSET: read_class_list(hard_list), **random_lists(args.seeds, 4)}
+    train_argv = training_argv(args, out, list(subsets))
+    parse_args(train_argv, "ImageNet")  # raises the training scripts' UserError for a bad flag before any subset is built
     layout = SampledLayout(detect_layout(data, "FashionMNIST"), {"train": args.train_per_class, "val": args.val_per_class})
     build_subsets(layout, subsets, out / "subsets", mode="hardlink", workers=max(args.workers, 1))
 
     from utils.training import main as train
 
-    train([
-        "--data", str(out / "subsets"), "--subsets", *subsets, "--arch", *args.arch, "--epochs", str(args.epochs),
-        "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-        "--lr-step", str(max(args.epochs, 1)), "--workers", str(args.workers), "--seed", "0",
-        "--checkpoints", str(out / "checkpoints"), "--results", str(out),
-    ])
+    train(train_argv)
     table = read_table(out / "results.csv", args.arch, list(subsets))
     failing = write_verdict(table, subsets, out, args.min_gap, args.epochs)
     log.info("wrote %s", out / "challenge.md")

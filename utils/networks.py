@@ -29,8 +29,10 @@ from torch import nn
 
 from utils.checkpoints import extract_state_dict, load_checkpoint, load_state_dict_strictly, strip_wrapper_prefixes
 from utils.class_names import imagenet_wnids, places365_categories
+from utils.cli import counted
 from utils.errors import UserError
 from utils.image_decoding import Preprocessing
+from utils.text_files import read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def read_class_names_file(path: Path) -> list[str]:
     """Read one class name per line (blank lines ignored)."""
     if not path.is_file():
         raise UserError(f"--class-names {path} not found; give a text file with one class name per line in output order")
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return [line.strip() for line in read_utf8(path, f"--class-names {path}").splitlines() if line.strip()]
 
 
 def default_class_names(num_outputs: int, source: str) -> list[str]:
@@ -79,7 +81,7 @@ def default_class_names(num_outputs: int, source: str) -> list[str]:
         return imagenet_wnids()
     if num_outputs == 365:
         return places365_categories()
-    raise UserError(f"{source} has {num_outputs} outputs and stores no class names; pass --class-names FILE with one name per output")
+    raise UserError(f"{source} has {counted(num_outputs, 'output')} and stores no class names; pass --class-names FILE with one name per output")
 
 
 def load_network(
@@ -108,12 +110,14 @@ def load_network(
     if class_names_file is not None:
         names = read_class_names_file(class_names_file)
         if len(names) != len(network.class_names):
-            raise UserError(f"--class-names {class_names_file} lists {len(names)} names but the network has {len(network.class_names)} outputs")
+            raise UserError(f"--class-names {class_names_file} lists {counted(len(names), 'name')} but the network has "
+                            f"{counted(len(network.class_names), 'output')}; give one name per output, in output order")
         network.class_names = names
     if not draft:
         network.preprocessing = dataclasses.replace(network.preprocessing, draft=False)
     network.module.eval()
-    log.info("network: %s (%d classes)", ", ".join(f"{k}={v}" for k, v in network.identity.items() if k != "sha256"), len(network.class_names))
+    log.info("network: %s (%s)", ", ".join(f"{k}={v}" for k, v in network.identity.items() if k != "sha256"),
+             counted(len(network.class_names), "class", "classes"))
     return network
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.atomic import atomic_output
+from utils.cli import counted
 from utils.errors import UserError
 from utils.layouts import Split
 
@@ -86,11 +87,11 @@ class Outcomes:
         n = len(self.true)
         problems = []
         if self.topk.shape[0] != n:
-            problems.append(f"{self.topk.shape[0]} prediction rows for {n} images")
+            problems.append(f"{counted(self.topk.shape[0], 'prediction row')} for {counted(n, 'image')}")
         if self.probs is not None and self.probs.shape != self.topk.shape:
             problems.append(f"probabilities of shape {self.probs.shape} for predictions of shape {self.topk.shape}")
         if self.paths is not None and len(self.paths) != n:
-            problems.append(f"{len(self.paths)} paths for {n} images")
+            problems.append(f"{counted(len(self.paths), 'path')} for {counted(n, 'image')}")
         return problems
 
     def _value_problems(self) -> list[str]:
@@ -159,7 +160,7 @@ def save_outcomes(outcomes: Outcomes, path: Path) -> None:
     with atomic_output(path, "wb") as stream:
         np.savez(stream, **arrays)
     outcomes.meta = meta
-    log.info("wrote outcomes of %d images to %s", len(outcomes), path)
+    log.info("wrote outcomes of %s to %s", counted(len(outcomes), "image"), path)
 
 
 class DamagedOutcomes(UserError):
@@ -235,7 +236,7 @@ def import_outcomes(path: Path) -> Outcomes:
     else:
         raise UserError(f"--outcomes {path}: unknown format; give an outcomes .npz, a .csv file or a folder with true_labels.npy")
     outcomes.meta.setdefault("source", f"import:{path}")
-    log.info("imported outcomes of %d images over %d classes from %s", len(outcomes), len(outcomes.class_names), path)
+    log.info("imported outcomes of %s over %s from %s", counted(len(outcomes), "image"), counted(len(outcomes.class_names), "class", "classes"), path)
     return outcomes
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from utils.class_lists import check_classes
 from utils.class_names import places365_categories
+from utils.cli import counted
 from utils.errors import UserError
-from utils.layouts import ImageFolderLayout, Layout, Split, check_split_name, class_folders, loose_images
+from utils.layouts import ImageFolderLayout, Layout, Split, check_split_name, class_folders, loose_images, require_folder
+from utils.text_files import decode_utf8, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +109,12 @@ class Places365OriginalLayout(Layout):
             labels[name] = categories[label]
 
         val_dir = self.root / self.val_images
-        if not val_dir.is_dir():
-            raise UserError(f"{val_dir} not found; the original Places365 format keeps the validation images there")
+        require_folder(val_dir, "the original Places365 format keeps the validation images there")
         names = loose_images(val_dir)
         unlabelled = [name for name in names if name not in labels]
         if unlabelled:
             raise UserError(
-                f"{len(unlabelled)} images in {val_dir} are not listed in {list_file}, "
+                f"{list_file} does not list {counted(len(unlabelled), 'image')} of {val_dir}, "
                 f"e.g. {', '.join(unlabelled[:MAX_EXAMPLES])}; move them out of {val_dir} or use the matching list file"
             )
         if len(names) < len(labels):
@@ -126,7 +127,7 @@ def read_original_categories(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path} not found; extract it from filelist_places365-standard.tar into {path.parent}")
     by_label = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         words = line.split()
         if not words:
             continue
@@ -150,8 +151,9 @@ def read_list_file(path: Path, count: int):
     """Yield (line number, path, label) from a Places365 list file of '<path> <label>' lines."""
     if not path.is_file():
         raise UserError(f"{path} not found; extract it from filelist_places365-standard.tar into {path.parent}")
-    with path.open(encoding="utf-8") as stream:
-        for number, line in enumerate(stream, start=1):
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            line = decode_utf8(raw, f"line {number} of {path}")
             words = line.split()
             if not words:
                 continue

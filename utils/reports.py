@@ -15,6 +15,7 @@ import numpy as np
 from utils.atomic import atomic_output, make_folder, write_text_atomically
 from utils.class_lists import reads_back
 from utils.class_names import readable_name
+from utils.cli import counted
 from utils.outcomes import Outcomes
 from utils.statistics import Statistics
 from utils.subset_metrics import Baseline, ChallengeFigures
@@ -163,9 +164,22 @@ def write_class_lists(results: dict[str, list[str]], folder: Path) -> list[Path]
         path = folder / f"{name}.txt"
         write_text_atomically(path, "".join(f"{c}\n" for c in sorted(classes)))
         written.append(path)
+    earlier = earlier_list_names(folder) - {p.name for p in written}
     write_text_atomically(folder / LIST_INDEX_FILE, "".join(f"{p.name}\n" for p in written))
     log.info("wrote %s and %s to %s", ", ".join(p.name for p in written), LIST_INDEX_FILE, folder)
+    if earlier:
+        log.warning("%s also contains %s from an earlier run, which are kept. %s names the lists of this run",
+                    folder, ", ".join(sorted(earlier)), LIST_INDEX_FILE)
     return written
+
+
+def earlier_list_names(folder: Path) -> set[str]:
+    """Return the list files that the index file of an earlier run names and that still exist."""
+    try:
+        names = (folder / LIST_INDEX_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return {name for name in names if "/" not in name and (folder / name).is_file()}
 
 
 def _figure_cells(result: SubsetResult) -> list[str]:
@@ -192,7 +206,7 @@ def write_subset_report(result: SubsetResult, stats: Statistics, folder: Path, c
     _write_csv(folder / f"{result.name}.csv", CLASS_HEADER, rows)
     text = io.StringIO()
     text.write(f"# {result.name}: {len(result.classes)} classes ({result.source})\n\n{context}\n\n")
-    text.write(f"Random baseline: {result.baseline.draws} seeded random subsets of {result.baseline.size} classes.\n\n")
+    text.write(f"Random baseline: {counted(result.baseline.draws, 'seeded random subset')} of {result.baseline.size} classes.\n\n")
     text.write(markdown_table(FIGURE_HEADER, [_figure_cells(result)]))
     text.write("\n## Classes, hardest first\n\n")
     text.write(markdown_table(CLASS_HEADER, rows))

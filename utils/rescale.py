@@ -121,6 +121,8 @@ def rescale(settings: RescaleSettings, context: DistributedContext, device) -> N
     layout = None
     if settings.outcomes is None or ((settings.materialize or settings.data_given) and context.is_main):
         layout = open_layout(settings)
+    # The --compare files are read before the validation pass, so that a wrong path stops the run at once.
+    compare = {path: read_class_list(path, "--compare") for path in settings.compare or []} if context.is_main else {}
 
     outcomes = obtain_outcomes(settings, layout, context, device)
     if not context.is_main:
@@ -128,8 +130,10 @@ def rescale(settings: RescaleSettings, context: DistributedContext, device) -> N
     if settings.outcomes is not None and layout is not None:
         check_imported_outcomes(settings.outcomes, outcomes, layout)
     stats = compute_statistics(outcomes)
+    selected = select_subsets(stats, settings.sizes, settings.strategy, settings.min_pair_share, settings.seed)
+    compared = check_compared_lists(settings.compare or [], compare, stats)
     write_statistics(stats, outcomes, settings.results / "statistics")
-    subsets = select_and_report(settings, outcomes, stats)
+    subsets = select_and_report(settings, outcomes, stats, selected, compared)
     if settings.materialize:
         build_subsets(layout, subsets, settings.subsets, settings.mode, max(settings.workers, 1))
     else:
@@ -303,9 +307,14 @@ def _names(stats: Statistics, classes: list[int]) -> list[str]:
     return [stats.class_names[c] for c in classes]
 
 
-def select_and_report(settings: RescaleSettings, outcomes: Outcomes, stats: Statistics) -> dict[str, list[str]]:
-    """Stage 3: choose the subsets, write their lists, reports and the summary; return name -> classes."""
-    selected = select_subsets(stats, settings.sizes, settings.strategy, settings.min_pair_share, settings.seed)
+def select_and_report(
+    settings: RescaleSettings,
+    outcomes: Outcomes,
+    stats: Statistics,
+    selected: dict[int, list[int]],
+    compared: dict[str, list[str]],
+) -> dict[str, list[str]]:
+    """Stage 3: write the lists, reports and summary of the selected subsets and the compared lists, and return name -> classes."""
     subsets = {f"{settings.prefix}{size}": _names(stats, classes) for size, classes in selected.items()}
     write_class_lists(subsets, settings.results)
 
@@ -317,19 +326,25 @@ def select_and_report(settings: RescaleSettings, outcomes: Outcomes, stats: Stat
         result = SubsetResult(f"{settings.prefix}{size}", classes, scorer.score(classes), baseline, source=settings.strategy)
         write_subset_report(result, stats, settings.results / "reports", context)
         results.append(result)
-    results.extend(compared_lists(settings, stats, scorer, selected))
+    results.extend(compared_lists(settings, compared, stats, scorer, selected))
     write_summary(results, settings.results, context)
     return subsets
 
 
-def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetScorer, selected: dict[int, list[int]]) -> list[SubsetResult]:
-    """Score the --compare list files on the same outcomes, with their overlap with the selection."""
-    if not settings.compare:
-        return []
-    index = {name: i for i, name in enumerate(stats.class_names)}
+def check_compared_lists(paths: list[Path], contents: dict[Path, list[str]], stats: Statistics) -> dict[str, list[str]]:
+    """Check the --compare lists, already read, against the classes with outcomes, and return file name -> class names."""
+    if not paths:
+        return {}
     known = [stats.class_names[c] for c in stats.present]
+    lists = read_list_files(paths, known, "--compare", lambda path: path.name, contents)
+    return {label: names for label, (names, _) in lists.items()}
+
+
+def compared_lists(settings: RescaleSettings, compared: dict[str, list[str]], stats: Statistics, scorer: SubsetScorer, selected: dict[int, list[int]]) -> list[SubsetResult]:
+    """Score the --compare list files on the same outcomes, with their overlap with the selection."""
+    index = {name: i for i, name in enumerate(stats.class_names)}
     results = []
-    for label, (names, _) in read_list_files(settings.compare, known, "--compare", lambda path: path.name).items():
+    for label, names in compared.items():
         classes = [index[n] for n in names]
         size = len(classes)
         overlap = None
@@ -341,8 +356,10 @@ def compared_lists(settings: RescaleSettings, stats: Statistics, scorer: SubsetS
     return sorted(results, key=lambda r: (len(r.classes), r.name))
 
 
-def read_list_files(paths: list[Path], known: list[str], flag: str, label) -> dict[str, tuple[list[str], Path]]:
+def read_list_files(paths: list[Path], known: list[str], flag: str, label, contents: dict[Path, list[str]] | None = None) -> dict[str, tuple[list[str], Path]]:
     """Read and check class list files; return label -> (class names, path), where ``label(path)`` names a list.
+
+    ``contents`` holds the class names of files read earlier, by path.
 
     Raises UserError for a file given twice, two files with the same label, a list that names a
     class the dataset lacks, and a list of fewer than 2 classes.
@@ -358,7 +375,7 @@ def read_list_files(paths: list[Path], known: list[str], flag: str, label) -> di
                 f"list files {earlier} and {path} both give the name {name!r}; rename one of them, "
                 f"since {flag} names each list after its file"
             )
-        names = read_class_list(path)
+        names = contents[path] if contents and path in contents else read_class_list(path, flag)
         check_classes(names, known, str(path))
         if len(names) < 2:
             raise UserError(f"list file {path} names only 1 class; a subset needs at least 2, so add another class")

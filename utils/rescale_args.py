@@ -10,6 +10,7 @@ from pathlib import Path
 
 from utils.class_lists import check_folder_name
 from utils.config import DATASETS, MODES, SEED_LIMIT, STRATEGIES, DatasetConfig, ProjectConfig, check_sizes, resolve_path
+from utils.cli import ArgumentParser
 from utils.errors import UserError
 
 
@@ -107,7 +108,7 @@ def _share(text: str) -> float:
 def build_parser(config: ProjectConfig) -> argparse.ArgumentParser:
     """Return the argument parser; help texts show the configured defaults."""
     chosen = config.datasets[config.default_dataset]
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="RescaleDataset.py",
         description="Rescale a large image dataset into small, hard subsets from a pretrained network's validation outcomes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

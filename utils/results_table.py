@@ -15,6 +15,7 @@ from pathlib import Path
 from models import REFERENCE_ARCHITECTURES
 from utils.atomic import write_text_atomically
 from utils.cli import counted
+from utils.train_checkpoint import LAST_CHECKPOINT
 from utils.train_data import natural_key
 from utils.train_log import LOG_FILE, read_epoch_log
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_MARKDOWN = "results.md"
 RESULTS_CSV = "results.csv"
+NO_RUNS = "No run has a `log.csv` with a finished epoch yet, so the table is empty."
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ def read_run_result(log_path: Path) -> RunResult | None:
 
 
 def collect_results(checkpoints: Path) -> list[RunResult]:
-    """Read every `<checkpoints>/*/log.csv`; unreadable logs are logged and skipped."""
+    """Read every `<checkpoints>/*/log.csv`; unreadable and missing logs are logged and skipped."""
+    warn_missing_logs(checkpoints)
     results = []
     for log_path in sorted(checkpoints.glob(f"*/{LOG_FILE}")):
         try:
@@ -62,6 +65,15 @@ def collect_results(checkpoints: Path) -> list[RunResult]:
         if result is not None:
             results.append(result)
     return results
+
+
+def warn_missing_logs(checkpoints: Path) -> None:
+    """Log a warning for every run folder that has a `last.pth` but no `log.csv`."""
+    for last in sorted(checkpoints.glob(f"*/{LAST_CHECKPOINT}")):
+        if not last.with_name(LOG_FILE).exists():
+            log.warning("%s is left out of the results table: it has %s but no %s; run the training script on it "
+                        "again, which rewrites %s from %s", last.parent.name, LAST_CHECKPOINT, LOG_FILE, LOG_FILE,
+                        LAST_CHECKPOINT)
 
 
 def _row_order(arch: str) -> tuple:
@@ -87,6 +99,10 @@ def render_markdown(results: list[RunResult]) -> str:
         "Best validation top-1 accuracy (%) of networks trained from scratch, with the number of epochs",
         "trained so far in brackets. Regenerated from the `log.csv` of every run folder.",
         "",
+    ]
+    if not results:
+        return "\n".join(lines + [NO_RUNS]) + "\n"
+    lines += [
         "| network | " + " | ".join(datasets) + " |",
         "| --- |" + " ---: |" * len(datasets),
     ]

@@ -96,7 +96,7 @@ def select_subsets(stats: Statistics, sizes: tuple[int, ...], strategy: str, min
         if size > available:
             raise UserError(
                 f"subset size {size} is larger than the {available} classes with validation images; "
-                f"use sizes of at most {available} (--sizes)"
+                f"use sizes of at most {available} (--sizes, or 'sizes' in config_rescale.py)"
             )
     selector = STRATEGIES[strategy]
     subsets = {size: selector(stats, size, min_pair_share=min_pair_share, seed=seed) for size in sizes}

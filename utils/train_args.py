@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from models import REFERENCE_ARCHITECTURES, check_architecture, min_input_size
+from utils.cli import ArgumentParser
 from utils.config import PROJECT_ROOT, SEED_LIMIT, load_config, resolve_path
 from utils.errors import UserError
 
@@ -43,7 +44,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     config = load_config()
     subsets = config.datasets[dataset]
     script = f"Train_{dataset}RescaleSubsets.py"
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=script,
         description=(
             f"Train reference networks from scratch on the {dataset} subsets ({subsets.prefix}<N>) and "
@@ -86,8 +87,10 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     optim.add_argument("--lr-gamma", type=float, default=DEFAULT_LR_GAMMA,
                        help=f"factor applied to the learning rate at each drop (default {DEFAULT_LR_GAMMA})")
     optim.add_argument("--seed", type=int,
-                       help="seed of weight initialization, data order and augmentation; the same seed repeats a "
-                            "CPU run exactly (default: a random seed, logged and stored in the checkpoint)")
+                       help="seed of weight initialization, data order and augmentation, from 0 to 2**32 - 1. On the CPU, "
+                            "runs with the same seed, --workers, number of processes and memory format (set it with "
+                            "--channels-last or --no-channels-last) give the same log.csv apart from the timing "
+                            "columns (default: a random seed, logged and stored in the checkpoint)")
 
     hardware = parser.add_argument_group("hardware")
     hardware.add_argument("--device", default=config.device,

@@ -51,6 +51,7 @@ from utils.train_data import Preprocessing
 log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
+LAST_CHECKPOINT = "last.pth"
 REQUIRED_KEYS = ("model", "arch", "num_classes", "class_names", "image_size", "resize_size", "mean", "std")
 TRAINING_KEYS = ("optimizer", "lr_scheduler", "scaler", "epoch", "best_top1", "history", "config", "rng")
 

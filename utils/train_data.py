@@ -345,5 +345,6 @@ def make_training_data(
     train_loader = SkipUnreadable(make_loader(train_set, sampler, per_process, workers, device, drop_last),
                                   f"{source.name} train", min_batch=2)
     train_loader = NormalizedBatches(train_loader, mean, std, device)
-    log.info("%s: %d classes, %d training and %d validation images", source.name, len(train_set.classes), len(train_set), len(val_set))
+    log.info("%s: %s, %d training and %s", source.name, counted(len(train_set.classes), "class", "classes"), len(train_set),
+             counted(len(val_set), "validation image"))
     return TrainingData(train_set.classes, train_loader, val_batches, sampler)

@@ -32,6 +32,7 @@ from utils.results_table import write_results_table
 from utils.train_args import args_to_config
 from utils.train_checkpoint import (
     CHECKPOINT_VERSION,
+    LAST_CHECKPOINT,
     capture_rng_state,
     derive_seed,
     load_run_checkpoint,
@@ -48,7 +49,6 @@ from utils.train_loop import FaultInjection, Metrics, Precision, evaluate, train
 
 log = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last.pth"
 BEST_CHECKPOINT = "best.pth"
 CURVES_FILE = "curves.png"
 EVALUATION_FILE = "evaluation.json"
@@ -294,6 +294,16 @@ def train_epoch(run: Run, state: RunState, data: TrainingData, models: tuple[nn.
     return row, improved
 
 
+def restore_missing_log(run: Run, checkpoint: dict) -> None:
+    """Rewrite a finished run's missing log.csv from the epoch history in its last.pth."""
+    path = run.path(LOG_FILE)
+    if path.exists():
+        return
+    write_epoch_log(checkpoint["history"], path)
+    log.warning("%s: %s was missing; rewrote it from the %s in %s", run.name, LOG_FILE,
+                counted(len(checkpoint["history"]), "epoch"), LAST_CHECKPOINT)
+
+
 def train_run(run: Run, args: argparse.Namespace, context: DistributedContext, device: torch.device, precision: Precision) -> None:
     """Train one run to ``args.epochs`` epochs, resuming or skipping it by the epoch count in its last.pth."""
     with ExitStack() as stack:
@@ -315,6 +325,8 @@ def train_locked_run(run: Run, args: argparse.Namespace, context: DistributedCon
         check_finished_run_classes(run, checkpoint)
         log.info("%s: already trained for %s, skipping (pass --restart to train it again)", run.name,
                  counted(checkpoint["epoch"], "epoch"))
+        if context.is_main:
+            restore_missing_log(run, checkpoint)
         return
 
     seed = choose_seed(args, checkpoint, context)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from models import REFERENCE_ARCHITECTURES, count_parameters
+from utils.atomic import file_in_the_way
 from utils.cli import counted, setup_logging
 from utils.distributed import DistributedContext, broadcast_from_main, init_distributed, resolve_device, shutdown_distributed
 from utils.errors import UserError
@@ -71,21 +72,33 @@ def check_batch_size(args: argparse.Namespace, context: DistributedContext) -> N
                         f"use at least {2 * context.world_size}")
 
 
-def results_folder_problem(folder: Path) -> str | None:
-    """Create ``folder``, then write and delete a temporary file in it. Return the error message if that fails, else None."""
+def output_folder_problem(folder: Path, flag: str, create: bool) -> str | None:
+    """Return why the folder given to ``flag`` cannot hold outputs, or None.
+
+    A file at the path or at one of its parents is a problem. With ``create``, the folder is then
+    created, and a temporary file is written in it and deleted.
+    """
+    blocker = file_in_the_way(folder)
+    if blocker == folder:
+        return f"{flag} {folder} is a file, not a folder; pass a folder with {flag}"
+    if blocker is not None:
+        return (f"{flag} {folder} cannot be created, because {blocker} is a file, not a folder; "
+                f"pass a folder elsewhere with {flag}, or move that file away")
+    if not create:
+        return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as error:
-        return (f"--results {folder} cannot be created or written to ({error.strerror or error}); "
-                "pass a writable folder with --results, or make this one writable")
+        return (f"{flag} {folder} cannot be created or written to ({error.strerror or error}); "
+                f"pass a writable folder with {flag}, or make this one writable")
     return None
 
 
-def check_results_folder(folder: Path, context: DistributedContext) -> None:
-    """Raise a UserError on every process, before any training, unless process 0 can write the results table in ``folder``."""
-    problem = results_folder_problem(folder) if context.is_main else None
+def check_output_folder(folder: Path, flag: str, context: DistributedContext, create: bool) -> None:
+    """Raise a UserError on every process, before any training, when process 0 finds a problem with ``folder``."""
+    problem = output_folder_problem(folder, flag, create) if context.is_main else None
     problem = broadcast_from_main(problem, context)
     if problem:
         raise UserError(problem)
@@ -131,8 +144,9 @@ def main(argv: list[str] | None = None, dataset: str = "ImageNet") -> int:
     device, context = start_processes(args)
     try:
         check_batch_size(args, context)
+        check_output_folder(args.checkpoints, "--checkpoints", context, create=False)
         if not args.evaluate:
-            check_results_folder(args.results, context)
+            check_output_folder(args.results, "--results", context, create=True)
         precision = choose_precision(args, device)
         log.info("%s: %s on %s; device %s, %s", counted(len(runs), "run"), ", ".join(args.arch),
                  ", ".join(source.name for source in sources), device, counted(context.world_size, "process", "processes"))

@@ -17,6 +17,7 @@ from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from utils.cli import counted
 from utils.distributed import DistributedContext, gather_to_main
 from utils.errors import UserError
 from utils.image_decoding import lower_worker_priority, DECODE_ERRORS, BatchNormalizer, EvalTransform, Preprocessing
@@ -200,7 +201,8 @@ def run_validation_pass(
     workers = min(workers, len(os.sched_getaffinity(0)))
     candidates = np.flatnonzero(labels >= 0)
     shard = candidates[context.rank::context.world_size].tolist()
-    log.info("validation pass: %d images on %s in %d process(es), batch %d, %d workers", len(candidates), device, context.world_size, batch_size, workers)
+    log.info("validation pass: %s on %s in %s, batch %d, %s", counted(len(candidates), "image"), device,
+             counted(context.world_size, "process", "processes"), batch_size, counted(workers, "worker"))
     started = time.perf_counter()
     result = _run_shard(network, split, shard, device, batch_size, workers, topk, show_progress=context.is_main)
     gathered = gather_to_main(result, context)
@@ -216,7 +218,8 @@ def run_validation_pass(
     if len(indices) + len(skipped) != len(candidates):
         raise RuntimeError(f"the validation shards cover {len(indices) + len(skipped)} of {len(candidates)} images")
     seconds = time.perf_counter() - started
-    log.info("validation pass done: %d images in %.1f s (%.1f images/s), %d unreadable", len(candidates), seconds, len(candidates) / max(seconds, 1e-9), len(skipped))
+    log.info("validation pass done: %s in %.1f s (%.1f images/s), %d unreadable", counted(len(candidates), "image"), seconds,
+             len(candidates) / max(seconds, 1e-9), len(skipped))
     for index, reason in skipped:
         log.warning("skipped unreadable image %s (%s)", split.files[index], reason)
     return Outcomes(
