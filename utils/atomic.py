@@ -78,6 +78,13 @@ def make_folder(folder: Path) -> None:
         raise write_error(folder, error) from error
 
 
+def probe_writable(folder: Path) -> None:
+    """Create ``folder`` if missing, then create and delete a temporary file in it; raise OSError when that fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        pass
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Write UTF-8 text with LF line endings to ``path`` atomically."""
     with atomic_output(path, "w", encoding="utf-8", newline="\n") as stream:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.atomic import make_folder, write_text_atomically
+from utils.atomic import make_folder, probe_writable, write_text_atomically
 from utils.checkpoints import save_atomically
 from utils.class_names import FASHION_MNIST_FOLDERS
 from utils.errors import UserError
@@ -221,8 +220,7 @@ def check_network_path(weights: Path) -> None:
         )
     make_folder(weights.parent)
     try:
-        with tempfile.NamedTemporaryFile(dir=weights.parent, prefix=".write-check-"):
-            pass
+        probe_writable(weights.parent)
     except OSError as error:
         raise UserError(
             f"the demo network cannot be saved in {weights.parent} ({error.strerror or error}); make that folder "

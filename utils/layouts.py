@@ -152,9 +152,9 @@ def check_split_name(which: str) -> None:
 
 
 def require_folder(folder: Path, need: str) -> None:
-    """Raise UserError unless ``folder`` is a folder, saying whether it is missing or another kind of file.
+    """Raise UserError unless ``folder`` is a folder, naming whether it is missing or another kind of file.
 
-    ``need`` ends the message and says what the layout keeps in the folder.
+    ``need`` ends the message and describes what the layout keeps in the folder.
     """
     if folder.is_dir():
         return

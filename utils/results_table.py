@@ -53,7 +53,7 @@ def read_run_result(log_path: Path) -> RunResult | None:
 
 
 def collect_results(checkpoints: Path) -> list[RunResult]:
-    """Read every `<checkpoints>/*/log.csv`; unreadable and missing logs are logged and skipped."""
+    """Read every `<checkpoints>/*/log.csv`, logging and skipping unreadable and missing logs."""
     warn_missing_logs(checkpoints)
     results = []
     for log_path in sorted(checkpoints.glob(f"*/{LOG_FILE}")):

@@ -409,7 +409,7 @@ def describe_subset(manifest: dict, fallback_reasons: list[str] | None = None) -
 
 
 def placement_text(mode: str, fallback_reasons: list[str] | None) -> str:
-    """Say how the files of a subset were placed, naming the copies made where hard links failed."""
+    """Return the phrase that describes how the files of a subset were placed, naming copies made where hard links failed."""
     if not fallback_reasons:
         return f"placed by {mode}"
     return f"placed by hard link, or by copy where hard links failed ({'; '.join(fallback_reasons)})"

@@ -3,13 +3,12 @@
 import argparse
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from models import REFERENCE_ARCHITECTURES, count_parameters
-from utils.atomic import file_in_the_way
+from utils.atomic import file_in_the_way, probe_writable
 from utils.cli import counted, setup_logging
 from utils.distributed import DistributedContext, broadcast_from_main, init_distributed, resolve_device, shutdown_distributed
 from utils.errors import UserError
@@ -87,9 +86,7 @@ def output_folder_problem(folder: Path, flag: str, create: bool) -> str | None:
     if not create:
         return None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
+        probe_writable(folder)
     except OSError as error:
         return (f"{flag} {folder} cannot be created or written to ({error.strerror or error}); "
                 f"pass a writable folder with {flag}, or make this one writable")
